@@ -1,0 +1,3 @@
+"""xmppcluster: a clustered XMPP server on Twisted."""
+
+__version__ = "0.1.0"

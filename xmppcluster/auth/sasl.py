@@ -1,0 +1,230 @@
+"""The XML side of SASL (RFC 6120 §6): features, <auth>/<response>/<abort>, <challenge>/<success>/<failure>.
+
+One :class:`SASLServer` per stream. The stream core calls :meth:`SASLServer.handle` for every element in
+the SASL namespace, one at a time (await each result before passing the next element), and sends
+``result.reply``. ``done`` is true after ``<success>`` and after every ``<failure>``; after a failure the
+client may start again with a new ``<auth>`` (RFC 6120 §6.4.5), and :attr:`SASLServer.failures` lets
+the core close the stream after too many tries. Once authenticated, any further element gets
+``malformed-request`` (the core should have restarted the stream).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass
+
+from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from xmppcluster.auth.credentials import DEFAULT_ITERATIONS
+from xmppcluster.auth.mechanisms import (
+    AccountDisabled,
+    Anonymous,
+    AuthContext,
+    AuthPolicyError,
+    Challenge,
+    ChannelInfo,
+    CredentialLookup,
+    CredentialsExpired,
+    Mechanism,
+    MechanismTooWeak,
+    Plain,
+    SASLFailure,
+)
+from xmppcluster.auth.scram import ScramMechanism, unb64
+from xmppcluster.auth.throttle import AuthThrottle
+
+__all__ = [
+    "NS_SASL",
+    "NS_SASL_CB",
+    "AccountDisabled",
+    "AuthPolicyError",
+    "AuthThrottle",
+    "ChannelInfo",
+    "CredentialLookup",
+    "CredentialsExpired",
+    "MechanismTooWeak",
+    "SASLResult",
+    "SASLServer",
+]
+
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_SASL_CB = "urn:xmpp:sasl-cb:0"
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
+#: Channel-binding types, strongest first (advertisement order).
+BINDING_PREFERENCE = ("tls-exporter", "tls-unique", "tls-server-end-point")
+#: Largest decoded SASL payload accepted; SCRAM and PLAIN messages are far smaller.
+MAX_DATA = 8192
+#: Failures that are neither counted nor delayed: the client gave up, or our storage did.
+UNTHROTTLED = frozenset({"aborted", "temporary-auth-failure"})
+
+_MECHANISM_NAME = re.compile(r"[A-Z0-9_-]{1,20}")
+#: Fake-salt secret for unknown accounts when none is configured (one per process; pass a cluster-wide one).
+_PROCESS_SECRET = os.urandom(32)
+_log = Logger(namespace="xmppcluster.auth")
+
+
+@dataclass
+class SASLResult:
+    reply: domish.Element  # <challenge/>, <success/> or <failure/> in NS_SASL, ready to send
+    done: bool  # negotiation finished (success or failure)
+    user: str | None = None  # authenticated localpart on success (nodeprep'd), else None
+    anonymous: bool = False
+
+
+class SASLServer:
+    """Server side of one SASL negotiation on one stream."""
+
+    def __init__(
+        self,
+        *,
+        domain: str,
+        credentials: CredentialLookup,
+        channel: ChannelInfo,
+        peer: str,
+        throttle: AuthThrottle,
+        allow_anonymous: bool = False,
+        allow_plain: bool = True,
+        clock: IReactorTime | None = None,
+        log: Logger | None = None,
+        secret: bytes | None = None,
+        iterations: int = DEFAULT_ITERATIONS,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self._ctx = AuthContext(domain, credentials, channel, secret or _PROCESS_SECRET, iterations)
+        self.domain = domain
+        self.channel = channel
+        self.peer = peer
+        self.throttle = throttle
+        self.allow_anonymous = allow_anonymous
+        self.allow_plain = allow_plain
+        self.failures = 0
+        self._clock = clock
+        self._log = log or _log
+        self._mechanism: Mechanism | None = None
+        self._authenticated = False
+
+    def bindings(self) -> list[str]:
+        """Channel-binding types available on this hop, strongest first."""
+        known = [name for name in BINDING_PREFERENCE if name in self.channel.bindings]
+        return known + sorted(set(self.channel.bindings) - set(known))
+
+    def mechanisms(self) -> list[str]:
+        """Mechanisms offered now, strongest first."""
+        offered = [f"{name}-PLUS" for name in SCRAM_MECHANISMS] if self.channel.bindings else []
+        offered += SCRAM_MECHANISMS
+        if self.allow_plain and self.channel.secure:
+            offered.append("PLAIN")
+        if self.allow_anonymous:
+            offered.append("ANONYMOUS")
+        return offered
+
+    def features(self) -> list[domish.Element]:
+        """``<mechanisms/>`` and, when a binding is available, XEP-0440 ``<sasl-channel-binding/>``."""
+        mechanisms = domish.Element((NS_SASL, "mechanisms"))
+        for name in self.mechanisms():
+            mechanisms.addElement("mechanism", content=name)
+        features = [mechanisms]
+        if self.channel.bindings:
+            advert = domish.Element((NS_SASL_CB, "sasl-channel-binding"))
+            for name in self.bindings():
+                advert.addElement("channel-binding")["type"] = name
+            features.append(advert)
+        return features
+
+    async def handle(self, element: domish.Element) -> SASLResult:
+        """Process one ``<auth>``, ``<response>`` or ``<abort>`` and return what to send back."""
+        requested = element.getAttribute("mechanism") if element.name == "auth" else None
+        label = requested if requested and _MECHANISM_NAME.fullmatch(requested) else "-"
+        if self._mechanism is not None:
+            label = self._mechanism.name
+        try:
+            if self._authenticated or element.uri != NS_SASL:
+                raise SASLFailure("malformed-request")
+            if element.name == "abort":
+                raise SASLFailure("aborted")
+            if element.name == "auth":
+                if self._mechanism is not None:
+                    raise SASLFailure("malformed-request")
+                self._mechanism = self._start(requested)
+                data = _decode(element)
+            elif element.name == "response" and self._mechanism is not None:
+                data = _decode(element) or b""
+            else:
+                raise SASLFailure("malformed-request")
+            outcome = await self._mechanism.step(data)
+        except SASLFailure as failure:
+            return await self._failed(label, failure)
+        except Exception:
+            self._log.failure("SASL {mechanism} crashed", mechanism=label)
+            return await self._failed(label, SASLFailure("temporary-auth-failure"))
+        if isinstance(outcome, Challenge):
+            return SASLResult(_element("challenge", outcome.data), done=False)
+        self._mechanism = None
+        self._authenticated = True
+        if not outcome.anonymous:
+            self.throttle.succeeded(self.peer, f"{outcome.user}@{self.domain}")
+        self._log.info(
+            "SASL {mechanism} success for {user}@{domain} from {peer}",
+            mechanism=label, user=outcome.user, domain=self.domain, peer=self.peer,
+        )
+        reply = _element("success", outcome.data)
+        return SASLResult(reply, done=True, user=outcome.user, anonymous=outcome.anonymous)
+
+    def _start(self, name: str | None) -> Mechanism:
+        if name == "PLAIN" and self.allow_plain and not self.channel.secure:
+            raise SASLFailure("encryption-required")
+        if name is None or name not in self.mechanisms():
+            raise SASLFailure("invalid-mechanism")
+        if name == "PLAIN":
+            return Plain(self._ctx)
+        if name == "ANONYMOUS":
+            return Anonymous(self._ctx)
+        return ScramMechanism(self._ctx, name)
+
+    async def _failed(self, label: str, failure: SASLFailure) -> SASLResult:
+        self._mechanism = None
+        self.failures += 1
+        account = f"{failure.user}@{self.domain}" if failure.user else None
+        self._log.info(
+            "SASL {mechanism} failure ({condition}) for {account} from {peer}",
+            mechanism=label, condition=failure.condition, account=account or "-", peer=self.peer,
+        )
+        if failure.condition not in UNTHROTTLED:
+            delay = self.throttle.delay(self.peer, account)
+            self.throttle.failed(self.peer, account)
+            if delay > 0:
+                await task.deferLater(self._clock, delay, lambda: None)
+        reply = domish.Element((NS_SASL, "failure"))
+        reply.addElement(failure.condition)
+        return SASLResult(reply, done=True)
+
+
+def _decode(element: domish.Element) -> bytes | None:
+    """Element text as SASL data: no text -> ``None`` (no data), ``=`` -> ``b""``, else strict base64."""
+    text = "".join(str(child) for child in element.children if isinstance(child, str)).strip()
+    if not text:
+        return None
+    if text == "=":
+        return b""
+    if len(text) > MAX_DATA * 4 // 3 + 4:
+        raise SASLFailure("malformed-request")
+    data = unb64(text)
+    if data is None:
+        raise SASLFailure("incorrect-encoding")
+    return data
+
+
+def _element(name: str, data: bytes) -> domish.Element:
+    """``<challenge/>`` or ``<success/>`` carrying ``data``; empty data -> no text (an empty challenge asks for
+    the initial response; ``<success/>`` without additional data)."""
+    element = domish.Element((NS_SASL, name))
+    if data:
+        element.addContent(base64.b64encode(data).decode("ascii"))
+    return element

@@ -1,0 +1,59 @@
+"""``xmppcluster [--config FILE] COMMAND``: the admin command line.
+
+Each command lives with the code it administers; this module only parses arguments and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_CONFIG = "etc/init.properties"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xmppcluster", description="Administer an xmppcluster server.")
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="init.properties file (default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, help_text in (("adduser", "create an account"), ("passwd", "change an account's password")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("jid", help="user@domain")
+        source = sub.add_mutually_exclusive_group()
+        source.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        source.add_argument("--password-file", metavar="F", help="read the password from the first line of F")
+
+    sub = commands.add_parser("deluser", help="delete an account and its data")
+    sub.add_argument("jid", help="user@domain")
+
+    sub = commands.add_parser("users", help="list accounts")
+    sub.add_argument("domain", nargs="?", help="only this domain")
+
+    sub = commands.add_parser("gencert", help="write a self-signed certificate for NAME(s)")
+    sub.add_argument("names", nargs="+", metavar="NAME", help="DNS names; the first names the file")
+    sub.add_argument("--out", metavar="FILE", help="output PEM (default: <certs>/<first name>.pem)")
+    sub.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    sub = commands.add_parser("check-config", help="validate the configuration and print the listeners")
+    sub.add_argument("file", nargs="?", help="file to check (default: --config)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        from xmppcluster.config import check_config_main
+
+        return check_config_main(args.file or args.config)
+    if args.command == "gencert":
+        from xmppcluster.tls import gencert_main
+
+        return gencert_main(args.config, args.names, out=args.out, force=args.force)
+    from xmppcluster import admin
+
+    return admin.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Named events with prioritised handlers: how modules extend routing without the core naming them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+Handler = Callable[..., Any]
+
+
+class Hooks:
+    """``fire(name, ...)`` calls handlers, highest priority first, until one returns a true value."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[tuple[int, int, Handler]]] = {}
+        self._added = 0
+
+    def add(self, name: str, handler: Handler, priority: int = 0) -> None:
+        self._added += 1
+        handlers = self._handlers.setdefault(name, [])
+        handlers.append((-priority, self._added, handler))
+        handlers.sort(key=lambda entry: entry[:2])
+
+    def remove(self, name: str, handler: Handler) -> None:
+        self._handlers[name] = [e for e in self._handlers.get(name, []) if e[2] != handler]
+
+    def fire(self, name: str, *args: Any) -> bool:
+        """Run the handlers of ``name``; True when one of them handled the event."""
+        for _, _, handler in self._handlers.get(name, ()):
+            try:
+                if handler(*args):
+                    return True
+            except Exception:
+                log.failure("hook {name} handler {handler!r} failed", name=name, handler=handler)
+        return False
+
+    def has(self, name: str) -> bool:
+        return bool(self._handlers.get(name))

@@ -1,0 +1,34 @@
+"""The twisted.web Site of the HTTP ports: /http-bind (BOSH), /xmpp-websocket (RFC 7395).
+
+BOSH ports serve both paths, so one HTTP port can carry both transports; ws2s ports serve the
+WebSocket endpoint at ``/`` as well.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+if TYPE_CHECKING:
+    from xmppcluster.config import Listener
+    from xmppcluster.server import XMPPServer
+
+
+def build_site(server: XMPPServer, listener: Listener) -> Site:
+    """The Site for one BOSH or ws2s listener."""
+    from xmppcluster.streams.bosh import BoshResource
+    from xmppcluster.streams.websocket import websocket_resource, websocket_root
+
+    if listener.component == "ws2s":
+        root = websocket_root(server, listener)
+    else:
+        root = Resource()
+        bosh = BoshResource(server, listener)
+        root.putChild(b"http-bind", bosh)
+        root.putChild(b"xmpp-websocket", websocket_resource(server, listener))
+    site = Site(root)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

@@ -1,0 +1,87 @@
+"""What a feature module is: disco features, IQ handlers, hooks and stream features, declared in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+if TYPE_CHECKING:
+    from xmppcluster.server import XMPPServer
+    from xmppcluster.streams.core import ClientStream
+
+
+class StanzaError(Exception):
+    """Raised by a handler to answer with a stanza error (RFC 6120 §8.3)."""
+
+    def __init__(self, condition: str, text: str | None = None, type: str | None = None) -> None:
+        super().__init__(condition)
+        self.condition = condition
+        self.text = text
+        self.type = type
+
+
+def iq(type: str, namespace: str, *, to: tuple[str, ...] = ("server",)) -> Callable:
+    """Mark a method as the handler of ``<iq type=type><x xmlns=namespace/></iq>``.
+
+    ``to`` names the addressees it serves: ``"server"`` (the domain) and/or ``"account"`` (a bare JID,
+    including a stanza without ``to``, which RFC 6120 §10.3 addresses to the sender's own account).
+    The handler gets ``(request, sender)`` and returns the reply element, None (empty result), or a Deferred/coroutine.
+    """
+
+    def mark(fn: Callable) -> Callable:
+        fn.__dict__.setdefault("_iq", []).append((type, namespace, to))
+        return fn
+
+    return mark
+
+
+def hook(event: str, priority: int = 0) -> Callable:
+    """Mark a method as a handler of the named server event (see docs/architecture.rst for the events)."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.__dict__.setdefault("_hook", []).append((event, priority))
+        return fn
+
+    return mark
+
+
+class Module:
+    """Base class of feature modules. Subclasses declare, the server wires."""
+
+    #: Name used in ``--sm-plugins`` to switch the module on or off.
+    name: str = ""
+    #: Disco features (XEP-0030) this module adds to the server's disco#info.
+    features: tuple[str, ...] = ()
+    #: Disco features this module adds to an account's disco#info.
+    account_features: tuple[str, ...] = ()
+
+    def __init__(self, server: XMPPServer) -> None:
+        self.server = server
+        self.config = server.config
+        self.log = Logger(namespace=f"xmppcluster.modules.{self.name}")
+
+    def handlers(self) -> list[tuple[str, Any, Callable]]:
+        """The (kind, key, bound method) triples declared with @iq and @hook."""
+        found = []
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr, None)
+            if not callable(fn):
+                continue
+            for spec in getattr(fn, "_iq", ()):
+                found.append(("iq", spec, getattr(self, attr)))
+            for spec in getattr(fn, "_hook", ()):
+                found.append(("hook", spec, getattr(self, attr)))
+        return found
+
+    def stream_features(self, stream: ClientStream, stage: str) -> list[domish.Element]:
+        """Extra stream features at ``stage`` (``"pre-auth"`` or ``"bound"``)."""
+        return []
+
+    def start(self) -> None:
+        """Called once the server is running (storage open)."""
+
+    def stop(self) -> None:
+        """Called when the server stops."""

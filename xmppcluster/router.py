@@ -1,0 +1,196 @@
+"""The one place that decides where a stanza goes (RFC 6120 §10, RFC 6121 §8.5).
+
+Routing is by dictionary lookups on the already-parsed stanza: nothing is re-parsed or serialized here.
+Feature modules extend delivery through hooks (``message/bare``, ``presence/bare``, ...); the defaults
+below implement the bare rules so that a server with no modules still routes correctly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from xmppcluster import stanza as stanzas
+from xmppcluster.jid import InvalidJID, parse_jid
+from xmppcluster.modules.base import StanzaError
+from xmppcluster.sessions import Session
+
+if TYPE_CHECKING:
+    from xmppcluster.server import XMPPServer
+
+log = Logger()
+
+IQ_REQUEST = frozenset(("get", "set"))
+
+
+class Router:
+    """Routes stanzas between local sessions, the server itself, and its modules."""
+
+    def __init__(self, server: XMPPServer) -> None:
+        self.server = server
+        self.sessions = server.sessions
+        self.hooks = server.hooks
+        #: (iq type, payload namespace, "server"|"account") -> handler(request, sender)
+        self.iq_handlers: dict[tuple[str, str, str], object] = {}
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    def route(self, stanza: domish.Element, sender: Session | None = None) -> None:
+        """Deliver ``stanza``; its ``from`` is already trustworthy (stamped by the stream core)."""
+        name = stanza.name
+        to = stanza.getAttribute("to")
+        if to is None:
+            if sender is None:
+                return
+            self._to_account(name, stanza, sender.bare, sender, own=True)
+            return
+        try:
+            target = parse_jid(to)
+        except InvalidJID:
+            self._bounce(stanza, "jid-malformed")
+            return
+        if not self.server.is_local_domain(target.host):
+            if not self.hooks.fire("route/remote", stanza, target, sender):
+                self._bounce(stanza, "remote-server-not-found")
+            return
+        if target.user is None:
+            if target.resource is None:
+                self._to_server(name, stanza, sender)
+            else:
+                self._bounce(stanza, "service-unavailable")
+            return
+        bare = f"{target.user}@{target.host}"
+        if target.resource is None:
+            self._to_account(name, stanza, bare, sender, own=sender is not None and sender.bare == bare)
+        else:
+            self._to_full(name, stanza, bare, target.resource, sender)
+
+    # -- destinations ----------------------------------------------------------------------------
+
+    def _to_server(self, name: str, stanza: domish.Element, sender: Session | None) -> None:
+        if name == "iq":
+            self._iq(stanza, "server", sender)
+        elif not self.hooks.fire(f"{name}/server", stanza, sender) and name == "message":
+            if stanza.getAttribute("type") not in ("error", "groupchat", "headline"):
+                self._bounce(stanza, "service-unavailable")
+
+    def _to_account(self, name: str, stanza: domish.Element, bare: str, sender: Session | None,
+                    own: bool) -> None:
+        if name == "iq":
+            self._iq(stanza, "account", sender)
+        elif name == "message":
+            if not self.hooks.fire("message/bare", stanza, bare, sender):
+                self.deliver_message_to_bare(stanza, bare)
+        elif name == "presence":
+            if not self.hooks.fire("presence/bare", stanza, bare, sender):
+                for session in self.sessions.available(bare):
+                    session.deliver(stanza)
+
+    def _to_full(self, name: str, stanza: domish.Element, bare: str, resource: str,
+                 sender: Session | None) -> None:
+        session = self.sessions.get(bare, resource)
+        if self.hooks.fire(f"{name}/full", stanza, bare, resource, session, sender):
+            return
+        if session is not None:
+            session.deliver(stanza)
+            return
+        kind = stanza.getAttribute("type")
+        if name == "message":
+            # RFC 6121 §8.5.3.2.1: no such resource.
+            if kind in (None, "normal", "chat", "headline"):
+                self._to_account(name, stanza, bare, sender, own=False)
+            elif kind == "groupchat":
+                self._bounce(stanza, "service-unavailable")
+        elif name == "iq":
+            if kind in IQ_REQUEST:
+                self._bounce(stanza, "service-unavailable")
+        elif name == "presence" and kind in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
+            self._to_account(name, stanza, bare, sender, own=False)
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def deliver_message_to_bare(self, stanza: domish.Element, bare: str) -> None:
+        """RFC 6121 §8.5.2: pick the resources of ``bare`` that take this message, else go offline."""
+        kind = stanza.getAttribute("type") or "normal"
+        if kind == "error":
+            return
+        if kind == "groupchat":
+            self._bounce(stanza, "service-unavailable")
+            return
+        eligible = [s for s in self.sessions.available(bare) if s.priority >= 0]
+        if eligible and kind != "headline":
+            top = max(s.priority for s in eligible)
+            eligible = [s for s in eligible if s.priority == top]
+        if eligible:
+            for session in eligible:
+                session.deliver(stanza)
+            return
+        if kind == "headline":
+            return
+        if not self.hooks.fire("message/offline", stanza, bare):
+            self._bounce(stanza, "service-unavailable")
+
+    # -- IQ ----------------------------------------------------------------------------------------
+
+    def _iq(self, stanza: domish.Element, target: str, sender: Session | None) -> None:
+        kind = stanza.getAttribute("type")
+        if kind not in IQ_REQUEST:
+            if kind in ("result", "error"):
+                self.hooks.fire("iq/response", stanza, target, sender)
+            elif kind is None or kind not in ("result", "error"):
+                self._bounce(stanza, "bad-request")
+            return
+        payload = stanzas.first_child(stanza)
+        if payload is None:
+            self._bounce(stanza, "bad-request")
+            return
+        handler = self.iq_handlers.get((kind, payload.uri, target))
+        if handler is None:
+            self._bounce(stanza, "service-unavailable")
+            return
+        try:
+            reply = handler(stanza, sender)
+        except StanzaError as err:
+            self._bounce(stanza, err.condition, err.text, err.type)
+            return
+        except Exception:
+            log.failure("IQ handler for {ns} failed", ns=payload.uri)
+            self._bounce(stanza, "internal-server-error")
+            return
+        if isinstance(reply, Deferred) or hasattr(reply, "__await__"):
+            ensureDeferred(reply).addCallbacks(
+                lambda value: self._answer(stanza, value),
+                lambda failure: self._handler_failed(stanza, failure, payload.uri))
+        else:
+            self._answer(stanza, reply)
+
+    def _answer(self, request: domish.Element, reply: domish.Element | None) -> None:
+        if reply is False:  # the handler answered by itself
+            return
+        if reply is None:
+            reply = stanzas.result(request)
+        self.route(reply)
+
+    def _handler_failed(self, request: domish.Element, failure, namespace: str) -> None:
+        if failure.check(StanzaError):
+            err = failure.value
+            self._bounce(request, err.condition, err.text, err.type)
+            return
+        log.failure("IQ handler for {ns} failed", failure, ns=namespace)
+        self._bounce(request, "internal-server-error")
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _bounce(self, stanza: domish.Element, condition: str, text: str | None = None,
+                type: str | None = None) -> None:
+        """Answer a stanza with an error, unless it is an error itself (never bounce errors)."""
+        if stanza.getAttribute("type") == "error" or not stanza.hasAttribute("from"):
+            return
+        if stanza.name == "presence" and condition != "jid-malformed":
+            return
+        self.route(stanzas.error_reply(stanza, condition, type=type, text=text))
+
+    bounce = _bounce

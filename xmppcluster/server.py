@@ -1,0 +1,130 @@
+"""The running server's shared state: config, storage, certificates, sessions, router, hooks, modules.
+
+Built by ``service.py`` (the only place that wires objects together) and handed to streams and modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from xmppcluster.auth.throttle import AuthThrottle
+from xmppcluster.hooks import Hooks
+from xmppcluster.modules import MODULES, enabled_modules
+from xmppcluster.modules.base import Module
+from xmppcluster.router import Router
+from xmppcluster.sessions import SessionRegistry
+
+if TYPE_CHECKING:
+    from xmppcluster.config import Config
+    from xmppcluster.storage import Storage
+    from xmppcluster.streams.core import ClientStream
+    from xmppcluster.tls import CertificateStore
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-stream limits, read once from the configuration."""
+
+    max_stanza_bytes: int
+    max_elements: int
+    max_depth: int
+    unauthenticated_timeout: float
+    idle_timeout: float
+    whitespace_keepalive: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        get = config.get
+        return cls(
+            max_stanza_bytes=get("--", "max-stanza-size"),
+            max_elements=get("--", "elements-number-limit"),
+            max_depth=get("--", "max-xml-depth"),
+            unauthenticated_timeout=float(get("--", "unauthenticated-timeout")),
+            idle_timeout=float(get("--", "idle-timeout")),
+            whitespace_keepalive=float(get("--", "whitespace-keepalive")),
+        )
+
+
+class XMPPServer:
+    """Everything a stream or a module needs to reach, on this node."""
+
+    def __init__(self, config: Config, storage: Storage, certs: CertificateStore | None,
+                 clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.config = config
+        self.storage = storage
+        self.certs = certs
+        self.clock = clock
+        self.limits = Limits.from_config(config)
+        self.domains = frozenset(d.lower() for d in config.virt_hosts)
+        self.node_name = config.node_name
+        self.sessions = SessionRegistry()
+        self.hooks = Hooks()
+        self.router = Router(self)
+        self.streams: set[ClientStream] = set()
+        self.throttle = AuthThrottle(
+            base_delay=float(config.get("--", "auth-failure-delay")),
+            max_delay=float(config.get("--", "auth-failure-max-delay")),
+            clock=clock,
+        )
+        self.modules: dict[str, Module] = {}
+
+    # -- domains ---------------------------------------------------------------------------------
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain in self.domains
+
+    # -- modules ---------------------------------------------------------------------------------
+
+    def load_modules(self, names: list[str] | None = None) -> None:
+        """Instantiate and wire the enabled modules (``--sm-plugins``), or exactly ``names``."""
+        for name in names if names is not None else enabled_modules(self.config):
+            path = MODULES[name]
+            module_name, _, class_name = path.rpartition(".")
+            cls = getattr(importlib.import_module(module_name), class_name)
+            self.add_module(cls(self))
+
+    def add_module(self, module: Module) -> None:
+        self.modules[module.name] = module
+        for kind, spec, fn in module.handlers():
+            if kind == "iq":
+                iq_type, namespace, targets = spec
+                for target in targets:
+                    self.router.iq_handlers[(iq_type, namespace, target)] = fn
+            else:
+                event, priority = spec
+                self.hooks.add(event, fn, priority)
+
+    def features(self) -> list[str]:
+        """Disco features of the server, from the enabled modules."""
+        found: list[str] = []
+        for module in self.modules.values():
+            found.extend(f for f in module.features if f not in found)
+        return found
+
+    def account_features(self) -> list[str]:
+        found: list[str] = []
+        for module in self.modules.values():
+            found.extend(f for f in module.account_features if f not in found)
+        return found
+
+    def stream_features(self, stream: ClientStream, stage: str) -> list:
+        elements = []
+        for module in self.modules.values():
+            elements.extend(module.stream_features(stream, stage))
+        return elements
+
+    def start(self) -> None:
+        for module in self.modules.values():
+            module.start()
+
+    def stop(self) -> None:
+        for module in self.modules.values():
+            module.stop()

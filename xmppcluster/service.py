@@ -1,0 +1,102 @@
+"""makeService(config): the service tree. The only place that wires objects together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+
+from xmppcluster.config import Config, Listener
+from xmppcluster.tls import CertificateStore
+
+log = Logger()
+
+
+class ServerService(service.MultiService):
+    """Opens storage, builds the server, then starts the listeners; stops them in reverse."""
+
+    def __init__(self, config: Config, certs: CertificateStore, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.certs = certs
+        self.reactor = reactor
+        self.server = None
+        self.ports: list = []
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        defer.ensureDeferred(self._start()).addCallbacks(self.ready.callback, self._start_failed)
+
+    async def _start(self) -> Any:
+        from xmppcluster.server import XMPPServer
+        from xmppcluster.storage import open_storage
+
+        storage = await open_storage(self.config.user_db_uri,
+                                     scram_iterations=self.config.get("--", "scram-iterations"))
+        self.server = XMPPServer(self.config, storage, self.certs, clock=self.reactor)
+        self.server.load_modules()
+        self.server.start()
+        for listener in self.config.all_listeners():
+            factory = self._factory(listener)
+            if factory is None or listener.type != "accept":
+                continue
+            for interface in listener.ifc:
+                port = await self._endpoint(listener, interface).listen(factory)
+                self.ports.append(port)
+                log.info("listening: {component} {port} {socket} on {ifc}", component=listener.component,
+                         port=listener.port, socket=listener.socket, ifc=interface)
+        log.info("xmppcluster node {node} serving {domains}", node=self.config.node_name,
+                 domains=", ".join(self.config.virt_hosts))
+        return self.server
+
+    def _factory(self, listener: Listener) -> Any:
+        if listener.component == "c2s":
+            from xmppcluster.streams.tcp import ClientFactory
+
+            return ClientFactory(self.server, listener)
+        if listener.component in ("bosh", "ws2s"):
+            from xmppcluster.http import build_site
+
+            return build_site(self.server, listener)
+        return None
+
+    def _endpoint(self, listener: Listener, interface: str) -> Any:
+        host = "" if interface == "*" else interface
+        if listener.tls:
+            return SSL4ServerEndpoint(self.reactor, listener.port, self.certs.server_creator(), interface=host)
+        if ":" in host:
+            return TCP6ServerEndpoint(self.reactor, listener.port, interface=host)
+        return TCP4ServerEndpoint(self.reactor, listener.port, interface=host)
+
+    def _start_failed(self, failure: Any) -> None:
+        log.failure("xmppcluster failed to start", failure)
+        self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _stop(self) -> None:
+        for port in self.ports:
+            await port.stopListening()
+        self.ports.clear()
+        if self.server is not None:
+            for stream in list(self.server.streams):
+                stream.fail("system-shutdown")
+            self.server.stop()
+            await self.server.storage.close()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+
+def makeService(config: Config, reactor: Any = None) -> ServerService:
+    """The whole server for ``config``. Certificate problems are raised here, before anything listens."""
+    names = sorted(set(config.virt_hosts) | {config.node_name})
+    certs = CertificateStore(config.ssl_certs_location, config.ssl_def_cert_domain, generate_names=names)
+    return ServerService(config, certs, reactor)

@@ -1,0 +1,99 @@
+"""Bound resources of this node: who is connected, with which priority and presence."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from twisted.words.xish import domish
+
+if TYPE_CHECKING:
+    from xmppcluster.streams.core import ClientStream
+
+_order = itertools.count()
+
+
+class Session:
+    """One bound resource. Transport-neutral: delivery goes through the stream core."""
+
+    __slots__ = ("user", "domain", "resource", "bare", "jid", "stream", "priority", "presence",
+                 "interested", "directed", "order", "data")
+
+    def __init__(self, user: str, domain: str, resource: str, stream: ClientStream) -> None:
+        self.user = user
+        self.domain = domain
+        self.resource = resource
+        self.bare = f"{user}@{domain}"
+        self.jid = f"{self.bare}/{resource}"
+        self.stream = stream
+        self.priority = 0
+        #: Last broadcast presence (available), or None while unavailable.
+        self.presence: domish.Element | None = None
+        #: True once the client asked for its roster (RFC 6121 "interested resource").
+        self.interested = False
+        #: Full or bare JIDs that got directed presence from this resource (RFC 6121 §4.6).
+        self.directed: set[str] = set()
+        self.order = next(_order)
+        #: Per-module state, keyed by module name.
+        self.data: dict[str, object] = {}
+
+    @property
+    def available(self) -> bool:
+        return self.presence is not None
+
+    def deliver(self, stanza: domish.Element) -> None:
+        """Send a stanza to this resource's client."""
+        self.stream.send(stanza)
+
+    def close(self, condition: str, text: str | None = None) -> None:
+        """End the stream with a stream error (e.g. ``conflict``)."""
+        self.stream.fail(condition, text)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.jid} prio={self.priority} available={self.available}>"
+
+
+class SessionRegistry:
+    """Local sessions indexed by bare JID then resource: every lookup is a dict access."""
+
+    def __init__(self) -> None:
+        self._by_bare: dict[str, dict[str, Session]] = {}
+
+    def bind(self, session: Session) -> Session | None:
+        """Register ``session``; return the older session with the same full JID, now replaced."""
+        resources = self._by_bare.setdefault(session.bare, {})
+        previous = resources.get(session.resource)
+        resources[session.resource] = session
+        return previous
+
+    def unbind(self, session: Session) -> bool:
+        """Forget ``session`` (only if it is still the one registered); True when it was."""
+        resources = self._by_bare.get(session.bare)
+        if not resources or resources.get(session.resource) is not session:
+            return False
+        del resources[session.resource]
+        if not resources:
+            del self._by_bare[session.bare]
+        return True
+
+    def get(self, bare: str, resource: str) -> Session | None:
+        resources = self._by_bare.get(bare)
+        return resources.get(resource) if resources else None
+
+    def of(self, bare: str) -> list[Session]:
+        """All sessions of an account (empty list when offline)."""
+        resources = self._by_bare.get(bare)
+        return list(resources.values()) if resources else []
+
+    def available(self, bare: str) -> list[Session]:
+        """Sessions of an account that sent available presence."""
+        resources = self._by_bare.get(bare)
+        return [s for s in resources.values() if s.presence is not None] if resources else []
+
+    def __iter__(self) -> Iterator[Session]:
+        for resources in self._by_bare.values():
+            yield from resources.values()
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._by_bare.values())

@@ -1,0 +1,82 @@
+"""Small helpers for building replies and errors; no parsing, no serialization."""
+
+from __future__ import annotations
+
+from twisted.words.xish import domish
+
+from xmppcluster.namespaces import CLIENT, STANZA_ERRORS
+
+#: RFC 6120 §8.3.3: the default error type of each stanza error condition.
+ERROR_TYPES = {
+    "bad-request": "modify",
+    "conflict": "cancel",
+    "feature-not-implemented": "cancel",
+    "forbidden": "auth",
+    "gone": "cancel",
+    "internal-server-error": "cancel",
+    "item-not-found": "cancel",
+    "jid-malformed": "modify",
+    "not-acceptable": "modify",
+    "not-allowed": "cancel",
+    "not-authorized": "auth",
+    "policy-violation": "modify",
+    "recipient-unavailable": "wait",
+    "redirect": "modify",
+    "registration-required": "auth",
+    "remote-server-not-found": "cancel",
+    "remote-server-timeout": "wait",
+    "resource-constraint": "wait",
+    "service-unavailable": "cancel",
+    "subscription-required": "auth",
+    "undefined-condition": "cancel",
+    "unexpected-request": "wait",
+}
+
+
+def make(name: str, *, to: str | None = None, frm: str | None = None, type: str | None = None,
+         id: str | None = None) -> domish.Element:
+    """A new stanza in jabber:client."""
+    element = domish.Element((CLIENT, name))
+    for key, value in (("to", to), ("from", frm), ("type", type), ("id", id)):
+        if value is not None:
+            element[key] = value
+    return element
+
+
+def result(request: domish.Element) -> domish.Element:
+    """An empty ``type='result'`` reply to an IQ request."""
+    return make("iq", to=request.getAttribute("from"), frm=request.getAttribute("to"), type="result",
+                id=request.getAttribute("id"))
+
+
+def error_reply(stanza: domish.Element, condition: str, *, type: str | None = None,
+                text: str | None = None) -> domish.Element:
+    """The error reply to ``stanza`` (RFC 6120 §8.3): addresses swapped, original payload kept."""
+    reply = domish.Element((CLIENT, stanza.name))
+    for key, value in stanza.attributes.items():
+        reply.attributes[key] = value
+    if stanza.hasAttribute("from"):
+        reply["to"] = stanza["from"]
+    else:
+        reply.attributes.pop("to", None)
+    if stanza.hasAttribute("to"):
+        reply["from"] = stanza["to"]
+    else:
+        reply.attributes.pop("from", None)
+    reply["type"] = "error"
+    for child in stanza.elements():
+        if child.name != "error":
+            reply.addChild(child)
+    error = reply.addElement("error")
+    error["type"] = type or ERROR_TYPES.get(condition, "cancel")
+    error.addElement((STANZA_ERRORS, condition))
+    if text:
+        error.addElement((STANZA_ERRORS, "text"), content=text)
+    return reply
+
+
+def first_child(element: domish.Element) -> domish.Element | None:
+    """The first child element (the payload of an IQ), or None."""
+    for child in element.elements():
+        return child
+    return None

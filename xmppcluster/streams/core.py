@@ -1,0 +1,435 @@
+"""The client stream core (RFC 6120): one negotiation state machine for TCP, BOSH and WebSocket.
+
+A transport parses bytes into a stream header and elements, feeds them here, and implements the small
+:class:`StreamTransport` sink. Everything else (STARTTLS, SASL, resource binding, stream errors,
+timeouts, routing of stanzas) happens here once, whatever the transport.
+
+States: ``header`` → (``tls``) → ``auth`` → ``authenticated`` (waiting for the restart) → ``bind`` →
+``established`` → ``closed``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from xmppcluster import namespaces as ns
+from xmppcluster import stanza as stanzas
+from xmppcluster.auth.sasl import ChannelInfo, SASLServer
+from xmppcluster.jid import InvalidJID, parse_jid, resourceprep
+from xmppcluster.sessions import Session
+
+if TYPE_CHECKING:
+    from xmppcluster.server import XMPPServer
+
+log = Logger()
+
+STANZAS = frozenset(("message", "presence", "iq"))
+MAX_RESOURCE_BYTES = 1023
+
+
+@dataclass
+class StreamHeader:
+    """What the client's stream header (or RFC 7395 ``<open/>``, or BOSH session request) said."""
+
+    to: str | None
+    version: str | None
+    lang: str | None = None
+    frm: str | None = None
+
+
+class StreamTransport(Protocol):
+    """The sink a transport implements. Nothing about features, only moving elements."""
+
+    #: The client's address (IP as text), for throttling and logs.
+    peer: str
+    #: True when this hop is TLS-encrypted.
+    secure: bool
+    #: True when this transport can upgrade itself with STARTTLS (plain TCP only).
+    can_starttls: bool
+
+    def open_stream(self, attrs: dict[str, str]) -> None:
+        """Send the response stream header with these attributes (from, id, version, xml:lang)."""
+
+    def send(self, element: domish.Element) -> None:
+        """Send one top-level element (stanza, features, SASL or TLS element)."""
+
+    def close_stream(self, error: domish.Element | None = None) -> None:
+        """Send ``error`` (a ``<stream:error/>``) if given, end the stream and drop the connection."""
+
+    def restart_stream(self) -> None:
+        """The next thing from the client is a new stream header (after STARTTLS or SASL success)."""
+
+    def start_tls(self, creator: Any) -> None:
+        """Begin the server side of a TLS handshake (only when ``can_starttls``)."""
+
+    def channel_info(self) -> ChannelInfo:
+        """TLS state and channel-binding data of this hop."""
+
+
+class StreamFailure(Exception):
+    """Raised inside the core to end the stream with a stream error."""
+
+    def __init__(self, condition: str, text: str | None = None) -> None:
+        super().__init__(condition)
+        self.condition = condition
+        self.text = text
+
+
+def stream_error(condition: str, text: str | None = None) -> domish.Element:
+    """A ``<stream:error/>`` element (RFC 6120 §4.9)."""
+    error = domish.Element((ns.STREAMS, "error"))
+    error.addElement((ns.STREAM_ERRORS, condition))
+    if text:
+        error.addElement((ns.STREAM_ERRORS, "text"), content=text)
+    return error
+
+
+class ClientStream:
+    """One client-to-server stream, from the first header to the close."""
+
+    def __init__(self, server: XMPPServer, transport: StreamTransport, *, tls_required: bool = True,
+                 offer_starttls: bool = True) -> None:
+        self.server = server
+        self.transport = transport
+        self.clock = server.clock
+        self.state = "header"
+        self.id = secrets.token_hex(8)
+        self.domain: str | None = None
+        self.lang = "en"
+        self.user: str | None = None
+        self.anonymous = False
+        self.session: Session | None = None
+        self.tls_required = tls_required and not transport.secure
+        self.offer_starttls = offer_starttls and transport.can_starttls and server.certs is not None
+        self._sasl: SASLServer | None = None
+        self._busy = False
+        self._backlog: deque[domish.Element] = deque()
+        limits = server.limits
+        self._unauth_timer = self.clock.callLater(limits.unauthenticated_timeout, self._timed_out,
+                                                  "not authenticated in time")
+        self._idle_timer = (self.clock.callLater(limits.idle_timeout, self._timed_out, "idle")
+                            if limits.idle_timeout > 0 else None)
+        server.streams.add(self)
+        log.info("c2s stream {id} from {peer} opened ({secure})", id=self.id, peer=transport.peer,
+                 secure="TLS" if transport.secure else "plain")
+
+    # -- events from the transport -----------------------------------------------------------------
+
+    def activity(self) -> None:
+        """Any inbound traffic (including whitespace keepalives) keeps the stream alive."""
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.server.limits.idle_timeout)
+
+    def stream_started(self, header: StreamHeader) -> None:
+        """The client opened (or reopened after STARTTLS/SASL) the stream."""
+        if self.state == "closed":
+            return
+        try:
+            self._check_header(header)
+        except StreamFailure as failure:
+            self.fail(failure.condition, failure.text)
+            return
+        self.transport.open_stream({"from": self.domain, "id": self.id, "version": "1.0",
+                                    "xml:lang": self.lang})
+        self.transport.send(self._features())
+
+    def element_received(self, element: domish.Element) -> None:
+        """One complete top-level element from the client."""
+        if self.state == "closed":
+            return
+        if self._busy:
+            self._backlog.append(element)
+            return
+        self._dispatch(element)
+
+    def stream_ended(self) -> None:
+        """The client closed its stream (``</stream:stream>``, ``<close/>``, BOSH terminate)."""
+        self.close("client closed the stream")
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        """The transport is gone; nothing more can be sent."""
+        if self.state != "closed":
+            self._finish(reason)
+
+    def transport_failed(self, condition: str, text: str | None = None) -> None:
+        """The transport found a stream-level fault (bad XML, size limit, framing)."""
+        self.fail(condition, text)
+
+    # -- sending -------------------------------------------------------------------------------------
+
+    def send(self, element: domish.Element) -> None:
+        if self.state != "closed":
+            self.transport.send(element)
+
+    def fail(self, condition: str, text: str | None = None) -> None:
+        """End the stream with a stream error (RFC 6120 §4.9)."""
+        if self.state == "closed":
+            return
+        log.info("c2s stream {id} ({jid}) stream error {condition}: {text}", id=self.id,
+                 jid=self._who(), condition=condition, text=text or "")
+        if self.state == "header":
+            # A stream error needs an open stream: answer the header first (RFC 6120 §4.9.1.2).
+            self.transport.open_stream({"from": self.domain or next(iter(sorted(self.server.domains)), ""),
+                                        "id": self.id, "version": "1.0"})
+        self.transport.close_stream(stream_error(condition, text))
+        self._finish(f"stream error {condition}")
+
+    def close(self, reason: str = "closed") -> None:
+        """Close cleanly: end our stream too."""
+        if self.state == "closed":
+            return
+        self.transport.close_stream(None)
+        self._finish(reason)
+
+    # -- negotiation ---------------------------------------------------------------------------------
+
+    def _check_header(self, header: StreamHeader) -> None:
+        if header.version is None or header.version.split(".")[0] != "1":
+            raise StreamFailure("unsupported-version", "XMPP version 1.0 is required")
+        if header.lang:
+            self.lang = header.lang
+        if header.to is None:
+            raise StreamFailure("host-unknown", "the stream header has no 'to'")
+        try:
+            domain = parse_jid(header.to)
+        except InvalidJID:
+            raise StreamFailure("host-unknown", "the 'to' address is not a domain") from None
+        if domain.user is not None or domain.resource is not None:
+            raise StreamFailure("host-unknown", "the 'to' address is not a domain")
+        if not self.server.is_local_domain(domain.host):
+            raise StreamFailure("host-unknown", f"this server does not serve {domain.host}")
+        if self.domain is not None and domain.host != self.domain:
+            raise StreamFailure("host-unknown", "the domain changed on stream restart")
+        self.domain = domain.host
+        if self.state == "header":
+            self.state = "tls" if self.tls_required else "auth"
+        elif self.state == "header-after-tls":
+            self.state = "auth"
+        elif self.state == "authenticated":
+            self.state = "bind"
+        else:
+            raise StreamFailure("bad-format", "unexpected stream restart")
+
+    def _features(self) -> domish.Element:
+        features = domish.Element((ns.STREAMS, "features"))
+        if self.state in ("tls", "auth"):
+            if self.offer_starttls and not self.transport.secure:
+                starttls = features.addElement((ns.TLS, "starttls"))
+                if self.tls_required:
+                    starttls.addElement("required")
+            if self.state == "auth":
+                for element in self._sasl_server().features():
+                    features.addChild(element)
+                for element in self.server.stream_features(self, "pre-auth"):
+                    features.addChild(element)
+        elif self.state == "bind":
+            features.addElement((ns.BIND, "bind"))
+            session = features.addElement((ns.SESSION, "session"))
+            session.addElement("optional")
+            for element in self.server.stream_features(self, "bound"):
+                features.addChild(element)
+        return features
+
+    def _sasl_server(self) -> SASLServer:
+        if self._sasl is None:
+            assert self.domain is not None
+            self._sasl = SASLServer(
+                domain=self.domain,
+                credentials=self.server.storage.accounts,
+                channel=self.transport.channel_info(),
+                peer=self.transport.peer,
+                throttle=self.server.throttle,
+                allow_anonymous=bool(self.server.config.vhost_option(self.domain, "anon")),
+                clock=self.clock,
+            )
+        return self._sasl
+
+    # -- element dispatch ----------------------------------------------------------------------------
+
+    def _dispatch(self, element: domish.Element) -> None:
+        try:
+            if self.state == "established":
+                self._stanza(element)
+            elif self.state == "tls":
+                self._negotiate_tls(element)
+            elif self.state == "auth":
+                self._negotiate_auth(element)
+            elif self.state == "bind":
+                self._negotiate_bind(element)
+            else:
+                raise StreamFailure("not-authorized", "unexpected element before the stream restart")
+        except StreamFailure as failure:
+            self.fail(failure.condition, failure.text)
+
+    def _negotiate_tls(self, element: domish.Element) -> None:
+        if element.uri == ns.TLS and element.name == "starttls":
+            self._starttls()
+        elif element.uri == ns.SASL:
+            raise StreamFailure("policy-violation", "STARTTLS is required before authentication")
+        else:
+            raise StreamFailure("not-authorized", "STARTTLS is required")
+
+    def _starttls(self) -> None:
+        if not self.offer_starttls or self.transport.secure:
+            self.transport.send(domish.Element((ns.TLS, "failure")))
+            self.close("STARTTLS refused")
+            return
+        self._sasl = None  # mechanisms and channel bindings change with TLS
+        self.transport.send(domish.Element((ns.TLS, "proceed")))
+        self.transport.start_tls(self.server.certs.creator_for(self.domain))
+        self.transport.restart_stream()
+        self.state = "header-after-tls"
+
+    def _negotiate_auth(self, element: domish.Element) -> None:
+        if element.uri == ns.TLS and element.name == "starttls":
+            self._starttls()
+            return
+        if element.uri != ns.SASL:
+            raise StreamFailure("not-authorized", "authenticate first")
+        self._busy = True
+        ensureDeferred(self._sasl_server().handle(element)).addCallbacks(
+            self._sasl_result, self._internal_error)
+
+    def _sasl_result(self, result: Any) -> None:
+        if self.state == "closed":
+            return
+        self.transport.send(result.reply)
+        if result.done and result.user is not None:
+            self.user = result.user
+            self.anonymous = result.anonymous
+            self.state = "authenticated"
+            self._backlog.clear()
+            self.transport.restart_stream()
+            log.info("c2s stream {id} authenticated {user}@{domain} from {peer}", id=self.id,
+                     user=self.user, domain=self.domain, peer=self.transport.peer)
+        elif result.done:
+            self._sasl = None  # a fresh negotiation may start (RFC 6120 §6.4.5 allows retries)
+        self._resume()
+
+    def _negotiate_bind(self, element: domish.Element) -> None:
+        if element.name != "iq" or element.uri != ns.CLIENT:
+            raise StreamFailure("not-authorized", "bind a resource first")
+        payload = stanzas.first_child(element)
+        if element.getAttribute("type") != "set" or payload is None or payload.uri != ns.BIND:
+            if payload is not None and payload.uri == ns.SESSION:
+                self.send(stanzas.make("iq", type="result", id=element.getAttribute("id")))
+                return
+            self.send(stanzas.error_reply(element, "not-authorized"))
+            return
+        requested = None
+        for child in payload.elements(ns.BIND, "resource"):
+            requested = str(child).strip() or None
+        try:
+            resource = self._choose_resource(requested)
+        except InvalidJID:
+            self.send(stanzas.error_reply(element, "bad-request", text="invalid resource"))
+            return
+        self._bind(element, resource)
+
+    def _choose_resource(self, requested: str | None) -> str:
+        if requested is None:
+            return secrets.token_hex(6)
+        resource = resourceprep(requested)
+        if not resource or len(resource.encode("utf-8")) > MAX_RESOURCE_BYTES:
+            raise InvalidJID(requested)
+        return resource
+
+    def _bind(self, request: domish.Element, resource: str) -> None:
+        assert self.user is not None and self.domain is not None
+        session = Session(self.user, self.domain, resource, self)
+        self.session = session
+        previous = self.server.sessions.bind(session)
+        if previous is not None:
+            # RFC 6120 §7.7.2.2: the newest session wins; the older one gets <conflict/>.
+            previous.stream.session_replaced()
+            previous.close("conflict", "replaced by a new session with the same resource")
+        self.state = "established"
+        if self._unauth_timer.active():
+            self._unauth_timer.cancel()
+        reply = stanzas.make("iq", type="result", id=request.getAttribute("id"))
+        bind = reply.addElement((ns.BIND, "bind"))
+        bind.addElement("jid", content=session.jid)
+        self.send(reply)
+        log.info("c2s stream {id} bound {jid}", id=self.id, jid=session.jid)
+        self.server.hooks.fire("session/bound", session)
+
+    def session_replaced(self) -> None:
+        """Another stream took over this full JID: unbind without touching the new one."""
+        if self.session is not None:
+            self.server.hooks.fire("session/unbound", self.session, "conflict")
+            self.session = None
+
+    # -- established stream ----------------------------------------------------------------------------
+
+    def _stanza(self, element: domish.Element) -> None:
+        session = self.session
+        assert session is not None
+        if element.uri != ns.CLIENT or element.name not in STANZAS:
+            if self.server.hooks.fire("stream/element", self, element):
+                return
+            raise StreamFailure("unsupported-stanza-type", f"<{element.name}/> is not a stanza")
+        frm = element.getAttribute("from")
+        if frm is not None and frm != session.jid and frm != session.bare:
+            try:
+                claimed = parse_jid(frm)
+            except InvalidJID:
+                raise StreamFailure("invalid-from", "the 'from' address is not valid") from None
+            if claimed.full() not in (session.jid, session.bare):
+                raise StreamFailure("invalid-from", "the 'from' address is not this session's")
+        element["from"] = session.jid
+        if element.name == "iq" and element.getAttribute("type") in ("get", "set"):
+            payload = stanzas.first_child(element)
+            if (payload is not None and payload.uri == ns.SESSION
+                    and not element.hasAttribute("to")):
+                self.send(stanzas.make("iq", type="result", id=element.getAttribute("id")))
+                return
+        if self.server.hooks.fire(f"{element.name}/outgoing", element, session):
+            return
+        self.server.router.route(element, session)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        self._busy = False
+        while self._backlog and not self._busy and self.state != "closed":
+            self._dispatch(self._backlog.popleft())
+
+    def _internal_error(self, failure: Any) -> None:
+        log.failure("c2s stream {id} failed", failure, id=self.id)
+        self._busy = False
+        self.fail("internal-server-error")
+
+    def _timed_out(self, why: str) -> None:
+        if self.state == "closed":
+            return
+        if why != "idle" and self.state == "established":
+            return
+        self.fail("connection-timeout", f"{why}")
+
+    def _who(self) -> str:
+        if self.session is not None:
+            return self.session.jid
+        if self.user is not None:
+            return f"{self.user}@{self.domain}"
+        return self.transport.peer
+
+    def _finish(self, reason: str) -> None:
+        self.state = "closed"
+        self._backlog.clear()
+        for timer in (self._unauth_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.server.streams.discard(self)
+        session = self.session
+        self.session = None
+        if session is not None and self.server.sessions.unbind(session):
+            self.server.hooks.fire("session/unbound", session, reason)
+        log.info("c2s stream {id} ({who}) closed: {reason}", id=self.id, who=self._who() if session is None
+                 else session.jid, reason=reason)

@@ -1,0 +1,165 @@
+"""Client connections over TCP: 5222 with STARTTLS, 5223 direct TLS (XEP-0368).
+
+This module only frames: bytes → hardened parser → stream core, and elements → bytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+
+from xmppcluster import namespaces as ns
+from xmppcluster.auth.sasl import ChannelInfo
+from xmppcluster.streams.core import ClientStream, StreamHeader
+from xmppcluster.tls import channel_binding, channel_binding_types
+from xmppcluster.xml import StreamFault, StreamParser
+
+if TYPE_CHECKING:
+    from xmppcluster.config import Listener
+    from xmppcluster.server import XMPPServer
+
+_PREFIXES = {ns.STREAMS: "stream"}
+_IN_SCOPE = ["stream"]
+_CLOSE = b"</stream:stream>"
+
+
+def serialize(element: domish.Element) -> bytes:
+    """An element as it appears inside a jabber:client stream."""
+    return element.toXml(prefixes=_PREFIXES, prefixesInScope=_IN_SCOPE, defaultUri=ns.CLIENT).encode("utf-8")
+
+
+class ClientConnection(Protocol):
+    """A TCP (or direct-TLS) client connection: the :class:`StreamTransport` for TCP."""
+
+    can_starttls = True
+
+    def __init__(self, server: XMPPServer, listener: Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.secure = listener.tls
+        self.can_starttls = not listener.tls
+        self.peer = "?"
+        self.stream: ClientStream | None = None
+        self.parser: StreamParser | None = None
+        self._keepalive = None
+        self._sent_since_keepalive = False
+        self._closing = False
+
+    # -- twisted.internet.protocol ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = getattr(self.transport.getPeer(), "host", "?")
+        limits = self.server.limits
+        self.parser = StreamParser(self, max_stanza_bytes=limits.max_stanza_bytes,
+                                   max_elements=limits.max_elements, max_depth=limits.max_depth)
+        self.stream = ClientStream(self.server, self, tls_required=self.listener.tls_required)
+        if limits.whitespace_keepalive > 0:
+            self._keepalive = self.server.clock.callLater(limits.whitespace_keepalive, self._send_keepalive)
+
+    def dataReceived(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is None or self._closing:
+            return
+        stream.activity()
+        try:
+            self.parser.feed(data)
+        except StreamFault as fault:
+            stream.transport_failed(fault.condition, fault.text)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        if self.stream is not None:
+            why = reason.getErrorMessage() if reason is not None else "connection lost"
+            self.stream.connection_lost(f"connection lost ({why})" if not self._closing else "closed")
+
+    # -- parser events --------------------------------------------------------------------------------
+
+    def stream_started(self, root: domish.Element) -> None:
+        if root.uri != ns.STREAMS or root.name != "stream":
+            self.stream.fail("invalid-namespace", "the stream element must be stream:stream")
+            return
+        if root.defaultUri != ns.CLIENT:
+            self.stream.fail("invalid-namespace", "the default namespace must be jabber:client")
+            return
+        attrs = root.attributes
+        self.stream.stream_started(StreamHeader(
+            to=attrs.get("to"), version=attrs.get("version"), lang=attrs.get((ns.XML, "lang")),
+            frm=attrs.get("from")))
+
+    def element_received(self, element: domish.Element) -> None:
+        self.stream.element_received(element)
+
+    def stream_ended(self) -> None:
+        self.stream.stream_ended()
+
+    # -- StreamTransport sink -------------------------------------------------------------------------
+
+    def open_stream(self, attrs: dict[str, str]) -> None:
+        header = "".join(f" {key}={quoteattr(value)}" for key, value in attrs.items() if value)
+        self.transport.write(
+            f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}'"
+            f"{header}>".encode())
+        self._sent_since_keepalive = True
+
+    def send(self, element: domish.Element) -> None:
+        if not self._closing:
+            self.transport.write(serialize(element))
+            self._sent_since_keepalive = True
+
+    def close_stream(self, error: domish.Element | None = None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if error is not None:
+            self.transport.write(serialize(error))
+        self.transport.write(_CLOSE)
+        self.transport.loseConnection()
+
+    def restart_stream(self) -> None:
+        self.parser.reset()
+
+    def start_tls(self, creator: Any) -> None:
+        self.transport.startTLS(creator)
+        self.secure = True
+        self.can_starttls = False
+
+    def channel_info(self) -> ChannelInfo:
+        if not self.secure:
+            return ChannelInfo(secure=False, bindings={})
+        bindings = {}
+        for kind in channel_binding_types(self.transport):
+            data = channel_binding(self.transport, kind)
+            if data is not None:
+                bindings[kind] = data
+        return ChannelInfo(secure=True, bindings=bindings)
+
+    # -- keepalive ------------------------------------------------------------------------------------
+
+    def _send_keepalive(self) -> None:
+        if self._closing:
+            return
+        if not self._sent_since_keepalive:
+            self.transport.write(b" ")
+        self._sent_since_keepalive = False
+        self._keepalive = self.server.clock.callLater(self.server.limits.whitespace_keepalive,
+                                                      self._send_keepalive)
+
+
+class ClientFactory(Factory):
+    """Builds a :class:`ClientConnection` per accepted socket."""
+
+    noisy = False
+
+    def __init__(self, server: XMPPServer, listener: Listener) -> None:
+        self.server = server
+        self.listener = listener
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        protocol = ClientConnection(self.server, self.listener)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,361 @@
+"""XMPP over WebSocket (RFC 7395): the ``xmpp`` subprotocol, served by autobahn inside twisted.web.
+
+Each WebSocket text message carries exactly one complete element: ``<open/>`` and ``<close/>`` in the
+framing namespace, or a stanza / stream-level element that declares its own namespaces. This module only
+frames; negotiation (SASL, bind), limits and routing are the stream core's.
+
+What bad input gets (also in docs/web-clients.rst):
+
+* no ``xmpp`` in ``Sec-WebSocket-Protocol`` -> HTTP 400, no upgrade; Origin not allowed -> HTTP 403;
+* a binary message -> stream error ``unsupported-encoding``, ``<close/>``, WebSocket close 1003;
+* a message over the stanza size limit -> stream error ``policy-violation``, ``<close/>``, close 1009
+  (refused from the frame header, before the payload is buffered);
+* broken XML or two elements in one message -> ``not-well-formed`` (restricted XML: ``restricted-xml``);
+* anything but ``<open/>`` where an ``<open/>`` is due -> ``bad-format``;
+* a top-level element without a namespace -> ``invalid-namespace``;
+* an unmasked client frame -> WebSocket close 1002 (protocol error), no XMPP answer.
+
+Autobahn is used only through this module (protocol hooks ``onConnect``/``onOpen``/``onMessage``/``onClose``,
+``sendMessage``/``sendClose``/``sendPing``), so moving to ``twisted.web.websocket`` once it can negotiate a
+subprotocol and bound message sizes touches nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.words.xish import domish
+
+from xmppcluster import namespaces as ns
+from xmppcluster.auth.sasl import ChannelInfo
+from xmppcluster.streams.core import ClientStream, StreamHeader
+from xmppcluster.tls import channel_binding, channel_binding_types
+from xmppcluster.xml import StreamFault, parse_element
+
+if TYPE_CHECKING:
+    from xmppcluster.config import Listener
+    from xmppcluster.server import XMPPServer
+
+__all__ = ["SUBPROTOCOL", "WebSocketSettings", "XMPPWebSocketFactory", "XMPPWebSocketProtocol",
+           "websocket_resource", "websocket_root"]
+
+log = Logger()
+
+SUBPROTOCOL = "xmpp"
+_PREFIXES = {ns.STREAMS: "stream"}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+# WebSocket close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_TOO_BIG = 1009
+
+
+def serialize(element: domish.Element) -> str:
+    """One element as a self-contained RFC 7395 message: every namespace declared on it."""
+    return element.toXml(prefixes=_PREFIXES)
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` lower-cased, without a default port or trailing slash (``null`` stays)."""
+    origin = origin.strip().lower().rstrip("/")
+    if origin in ("*", "null"):
+        return origin
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return origin
+    if not parts.scheme or not parts.hostname:
+        return origin
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is None or _DEFAULT_PORTS.get(parts.scheme) == port:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+class WebSocketSettings:
+    """The ``ws2s/*`` settings and stream limits, read once per listener."""
+
+    def __init__(self, server: XMPPServer) -> None:
+        config = server.config
+        origins = [normalize_origin(o) for o in config.get("ws2s", "allowed-origins") if o.strip()]
+        self.any_origin = "*" in origins
+        self.origins = frozenset(origins)
+        self.ping_interval = float(config.get("ws2s", "ping-interval"))
+        self.idle_timeout = float(config.get("ws2s", "idle-timeout"))
+        limits = server.limits
+        self.max_message_bytes = limits.max_stanza_bytes
+        self.max_elements = limits.max_elements
+        self.max_depth = limits.max_depth
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Browsers always send Origin; a client without one (not a browser) is not restricted by it."""
+        if origin is None or self.any_origin:
+            return True
+        return normalize_origin(origin) in self.origins
+
+
+class XMPPWebSocketProtocol(WebSocketServerProtocol):
+    """One XMPP-over-WebSocket connection: the :class:`~xmppcluster.streams.core.StreamTransport` for RFC 7395."""
+
+    can_starttls = False
+
+    def __init__(self, server: XMPPServer, listener: Listener, settings: WebSocketSettings) -> None:
+        super().__init__()
+        self.server = server
+        self.listener = listener
+        self.settings = settings
+        self.secure = listener.tls
+        self.peer_host = "?"
+        self.stream: ClientStream | None = None
+        self.origin: str | None = None
+        self._opened = False  # an <open/> started the current stream (reset on restart)
+        self._closing = False
+        self._heard = False  # inbound traffic since the last ping tick
+        self._ping_pending = False
+        self._ping_timer: Any = None
+        self._idle_timer: Any = None
+
+    # StreamTransport wants ``peer`` to be the client's address; autobahn keeps its own ``peer`` string
+    # ("tcp4:1.2.3.4:5678"), so ours is exposed under the protocol's name through this property.
+    @property
+    def peer(self) -> str:  # type: ignore[override]
+        return self.peer_host
+
+    @peer.setter
+    def peer(self, value: str) -> None:
+        self._autobahn_peer = value
+
+    # -- autobahn hooks -------------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer_host = getattr(address, "host", "?")
+        super().connectionMade()
+
+    def onConnect(self, request: Any) -> str:
+        if SUBPROTOCOL not in request.protocols:
+            raise ConnectionDeny(400, "the 'xmpp' WebSocket subprotocol is required (RFC 7395)")
+        if not self.settings.origin_allowed(request.origin):
+            log.info("ws2s: refused WebSocket from {peer}: origin {origin} not allowed", peer=self.peer_host,
+                     origin=request.origin)
+            raise ConnectionDeny(403, "origin not allowed")
+        self.origin = request.origin
+        return SUBPROTOCOL
+
+    def onOpen(self) -> None:
+        self.stream = ClientStream(self.server, self, tls_required=False, offer_starttls=False)
+        clock = self.server.clock
+        if self.settings.ping_interval > 0:
+            self._ping_timer = clock.callLater(self.settings.ping_interval, self._ping_tick)
+        self._idle_timer = clock.callLater(self.settings.idle_timeout, self._idle)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        stream = self.stream
+        if stream is None or self._closing:
+            return
+        self._traffic()
+        if isBinary:
+            self._fail(CLOSE_UNSUPPORTED_DATA, "unsupported-encoding",
+                       "only text WebSocket messages carry XMPP (RFC 7395 section 3.2)")
+            return
+        settings = self.settings
+        try:
+            element = parse_element(payload, max_bytes=settings.max_message_bytes,
+                                    max_elements=settings.max_elements, max_depth=settings.max_depth)
+        except StreamFault as fault:
+            stream.transport_failed(fault.condition, fault.text)
+            return
+        self._element(element)
+
+    def onPing(self, payload: bytes) -> None:
+        self._traffic()
+        super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self._traffic()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._stop_timers()
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            if self._closing:
+                stream.connection_lost("closed")
+            else:
+                stream.connection_lost(f"WebSocket closed ({code or 'no code'}{': ' + reason if reason else ''})")
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        # autobahn's hook, called from the frame header: answer in XMPP before closing with 1009.
+        log.info("ws2s {peer}: {reason}", peer=self.peer_host, reason=reason)
+        if self.stream is not None and not self._closing:
+            self._fail(CLOSE_TOO_BIG, "policy-violation",
+                       f"a WebSocket message exceeds the {max_msg_size}-byte limit")
+        else:
+            super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+    # -- framing --------------------------------------------------------------------------------------
+
+    def _element(self, element: domish.Element) -> None:
+        stream = self.stream
+        if element.uri == ns.FRAMING and element.name == "open":
+            self._opened = True
+            attrs = element.attributes
+            stream.stream_started(StreamHeader(to=attrs.get("to"), version=attrs.get("version"),
+                                               lang=attrs.get((ns.XML, "lang")), frm=attrs.get("from")))
+        elif element.uri == ns.FRAMING and element.name == "close":
+            stream.stream_ended()
+        elif not self._opened:
+            stream.transport_failed("bad-format", "expected <open xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>")
+        elif not element.uri:
+            stream.transport_failed("invalid-namespace",
+                                    f"<{element.name}/> must declare its namespace (xmlns='jabber:client')")
+        else:
+            stream.element_received(element)
+
+    def _fail(self, code: int, condition: str, text: str) -> None:
+        self._close_code = code
+        self.stream.transport_failed(condition, text)
+
+    _close_code = CLOSE_NORMAL
+
+    # -- StreamTransport sink -------------------------------------------------------------------------
+
+    def open_stream(self, attrs: dict[str, str]) -> None:
+        element = domish.Element((ns.FRAMING, "open"))
+        for key, value in attrs.items():
+            if value:
+                element[(ns.XML, "lang") if key == "xml:lang" else key] = value
+        self._write(element)
+
+    def send(self, element: domish.Element) -> None:
+        if not self._closing:
+            self._write(element)
+
+    def close_stream(self, error: domish.Element | None = None) -> None:
+        self._close(error, None)
+
+    def redirect(self, uri: str) -> None:
+        """Send the client to another endpoint (RFC 7395 section 3.6.1) and end this connection."""
+        if self._closing:
+            return
+        self._close(None, uri)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.connection_lost(f"redirected to {uri}")
+
+    def restart_stream(self) -> None:
+        self._opened = False
+
+    def start_tls(self, creator: Any) -> None:
+        raise NotImplementedError("WebSocket has no STARTTLS; use a TLS (wss) listener")
+
+    def channel_info(self) -> ChannelInfo:
+        if not self.secure:
+            return ChannelInfo(secure=False, bindings={})
+        bindings = {}
+        for kind in channel_binding_types(self.transport):
+            data = channel_binding(self.transport, kind)
+            if data is not None:
+                bindings[kind] = data
+        return ChannelInfo(secure=True, bindings=bindings)
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _write(self, element: domish.Element) -> None:
+        self.sendMessage(serialize(element).encode("utf-8"), isBinary=False)
+
+    def _close(self, error: domish.Element | None, see_other_uri: str | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_timers()
+        if error is not None:
+            self._write(error)
+        close = domish.Element((ns.FRAMING, "close"))
+        if see_other_uri:
+            close["see-other-uri"] = see_other_uri
+        self._write(close)
+        self.sendClose(self._close_code)
+
+    def _traffic(self) -> None:
+        self._heard = True
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.settings.idle_timeout)
+        if self.stream is not None:
+            self.stream.activity()
+
+    def _ping_tick(self) -> None:
+        """Every ping-interval: quiet for a whole interval -> ping; quiet after a ping too -> the peer is gone."""
+        self._ping_timer = None
+        if self._closing or self.stream is None:
+            return
+        if self._heard:
+            self._heard = False
+            self._ping_pending = False
+        elif self._ping_pending:
+            self.stream.transport_failed("connection-timeout", "no answer to a WebSocket ping")
+            return
+        else:
+            self._ping_pending = True
+            self.sendPing()
+        self._ping_timer = self.server.clock.callLater(self.settings.ping_interval, self._ping_tick)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self.stream is not None and not self._closing:
+            self.stream.transport_failed("connection-timeout", "idle")
+
+    def _stop_timers(self) -> None:
+        for timer in (self._ping_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._ping_timer = self._idle_timer = None
+
+
+class XMPPWebSocketFactory(WebSocketServerFactory):
+    """Builds one :class:`XMPPWebSocketProtocol` per upgraded request of one listener."""
+
+    def __init__(self, server: XMPPServer, listener: Listener) -> None:
+        scheme = "wss" if listener.tls else "ws"
+        super().__init__(url=f"{scheme}://localhost:{listener.port}", protocols=[SUBPROTOCOL], server=None,
+                         reactor=server.clock if hasattr(server.clock, "listenTCP") else None)
+        self.server = server
+        self.listener = listener
+        self.settings = WebSocketSettings(server)
+        limit = self.settings.max_message_bytes
+        self.setProtocolOptions(
+            webStatus=False,
+            requireMaskedClientFrames=True,
+            maxFramePayloadSize=limit,
+            maxMessagePayloadSize=limit,
+            failByDrop=False,  # close with a close frame, after our stream error has been written
+            autoPingInterval=0,  # our own pings run on the server clock
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+        )
+
+    def buildProtocol(self, addr: Any) -> XMPPWebSocketProtocol:
+        protocol = XMPPWebSocketProtocol(self.server, self.listener, self.settings)
+        protocol.factory = self
+        return protocol
+
+
+def websocket_resource(server: XMPPServer, listener: Listener) -> WebSocketResource:
+    """The RFC 7395 endpoint as a twisted.web resource (mounted at ``/xmpp-websocket``)."""
+    return WebSocketResource(XMPPWebSocketFactory(server, listener))
+
+
+def websocket_root(server: XMPPServer, listener: Listener) -> Resource:
+    """Root resource of a ws2s port: the WebSocket endpoint at ``/`` and at ``/xmpp-websocket``."""
+    endpoint = websocket_resource(server, listener)
+    root = Resource()
+    root.putChild(b"", endpoint)
+    root.putChild(b"xmpp-websocket", endpoint)
+    return root

@@ -1,0 +1,361 @@
+"""Hardened XML parsing for every inbound byte: TCP streams, WebSocket messages, BOSH bodies.
+
+RFC 6120 section 11 restricted XML on top of pyexpat, building :class:`twisted.words.xish.domish.Element`
+trees the rest of Twisted understands:
+
+* DOCTYPE / DTD declarations, comments, processing instructions and entity references other than the five
+  predefined ones (character references are fine) -> ``restricted-xml``;
+* an XML declaration is accepted only where XML allows it (the very start); a non-UTF-8 encoding in it ->
+  ``unsupported-encoding``;
+* malformed XML or UTF-8 -> ``not-well-formed``;
+* per stanza: byte size, element count and nesting depth caps -> ``policy-violation``. Bytes are counted as
+  they are fed, so an oversized stanza is refused while it arrives and memory stays bounded;
+* text is gathered in a list and joined once per element (plus expat's ``buffer_text``), so building a
+  text node is linear in its size.
+"""
+
+from __future__ import annotations
+
+import pyexpat
+from typing import Protocol
+
+from twisted.words.xish.domish import Element
+
+__all__ = ["StreamFault", "StreamHandler", "StreamParser", "parse_element"]
+
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+DEFAULT_MAX_STANZA_BYTES = 262144
+DEFAULT_MAX_ELEMENTS = 1000
+DEFAULT_MAX_DEPTH = 64
+
+# Input is handed to expat in slices of at most this many bytes: the size cap is checked between slices,
+# so a single huge read cannot make expat buffer more than one slice beyond the limit.
+_SLICE = 32768
+# expat's character-data buffer (allocated per parser, so per connection).
+_TEXT_BUFFER = 8192
+# pyexpat interns every element/attribute name it sees in a per-parser dict; a peer sending endless fresh
+# names would grow it for the life of the stream. Clear it between stanzas once it gets this big.
+_MAX_INTERNED = 2048
+
+_UNDEFINED_ENTITY = pyexpat.errors.codes[pyexpat.errors.XML_ERROR_UNDEFINED_ENTITY]
+_UTF8_NAMES = frozenset(("utf-8", "utf8"))
+
+
+class StreamFault(Exception):
+    """The peer's XML must end the stream with this RFC 6120 stream error condition."""
+
+    def __init__(self, condition: str, text: str | None = None) -> None:
+        super().__init__(condition if text is None else f"{condition}: {text}")
+        self.condition = condition
+        self.text = text
+
+
+class StreamHandler(Protocol):
+    """What :class:`StreamParser` calls back."""
+
+    def stream_started(self, root: Element) -> None: ...
+
+    def element_received(self, element: Element) -> None: ...
+
+    def stream_ended(self) -> None: ...
+
+
+class _Reset(Exception):
+    """Raised inside a dead builder's callbacks to abandon the rest of its input."""
+
+
+def _qualify(attrs: dict) -> dict:
+    """Turn expat's ``'uri name'`` attribute keys into domish's ``(uri, name)`` tuples."""
+    out = {}
+    for key, value in attrs.items():
+        uri, sep, local = key.rpartition(" ")
+        out[(uri, local) if sep else key] = value
+    return out
+
+
+class _Builder:
+    """One pyexpat parser and the tree being built from it.
+
+    In stream mode the document element is the stream header and each of its children is a stanza; in
+    element mode the document element itself is the single result. The limits apply per stanza (element
+    mode: to the element).
+    """
+
+    def __init__(self, handler: StreamHandler | None, max_bytes: int, max_elements: int, max_depth: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_elements = max_elements
+        self.max_depth = max_depth
+        self.dead = False  # set by StreamParser.reset(): abandon whatever is still being parsed
+        self.result: Element | None = None
+        self.fed = 0  # bytes handed to expat so far
+        self._handler = handler
+        self._level = 0  # 0: outside any stanza, 1: inside the stanza element, ...
+        self._count = 0
+        self._stanza_start = 0  # byte index of the current stanza's '<'
+        self._current: Element | None = None
+        self._text: list[str] = []
+        self._ns_stack = [""]
+        self._prefixes: dict[str, str] | None = None
+        self._unit = "element" if handler is None else "stanza"
+
+        p = self.parser = pyexpat.ParserCreate("UTF-8", " ")
+        self._interned = p.intern
+        p.buffer_text = True
+        p.buffer_size = _TEXT_BUFFER
+        if hasattr(p, "SetReparseDeferralEnabled"):
+            # expat >= 2.6 may hold back a complete stanza until more bytes arrive; the size cap already
+            # bounds the re-parsing cost that deferral protects against.
+            p.SetReparseDeferralEnabled(False)
+        p.StartElementHandler = self._on_start if handler is None else self._on_root_start
+        p.EndElementHandler = self._on_end
+        p.CharacterDataHandler = self._on_text
+        p.StartNamespaceDeclHandler = self._on_ns_start
+        p.EndNamespaceDeclHandler = self._on_ns_end
+        p.XmlDeclHandler = self._on_xml_decl
+        p.StartDoctypeDeclHandler = self._on_doctype
+        p.EntityDeclHandler = self._on_dtd
+        p.UnparsedEntityDeclHandler = self._on_dtd
+        p.NotationDeclHandler = self._on_dtd
+        p.ElementDeclHandler = self._on_dtd
+        p.AttlistDeclHandler = self._on_dtd
+        p.ExternalEntityRefHandler = self._on_entity
+        p.SkippedEntityHandler = self._on_entity
+        p.CommentHandler = self._on_comment
+        p.ProcessingInstructionHandler = self._on_pi
+
+    # -- feeding -----------------------------------------------------------------------------------------
+
+    def parse(self, data: bytes, final: bool = False) -> None:
+        """Parse one slice and enforce the byte cap on what is still open afterwards."""
+        p = self.parser
+        try:
+            p.Parse(data, final)
+        except pyexpat.ExpatError as e:
+            if e.code == _UNDEFINED_ENTITY:
+                raise StreamFault("restricted-xml", "entity references are not allowed") from None
+            raise StreamFault("not-well-formed", pyexpat.errors.messages[e.code]) from None
+        self.fed += len(data)
+        if self._level:
+            if self.fed - self._stanza_start > self.max_bytes:
+                raise self._too_big(self._unit)
+        else:
+            # Bytes expat holds without having reported them: an unfinished stream header or stanza start tag.
+            consumed = p.CurrentByteIndex
+            if consumed >= 0 and self.fed - consumed > self.max_bytes:
+                raise self._too_big("unfinished tag")
+
+    def _too_big(self, what: str) -> StreamFault:
+        return StreamFault("policy-violation", f"{what} exceeds the {self.max_bytes}-byte limit")
+
+    # -- elements ----------------------------------------------------------------------------------------
+
+    def _on_root_start(self, name: str, attrs: dict) -> None:
+        uri, _, local = name.rpartition(" ")
+        for key in attrs:
+            if " " in key:
+                attrs = _qualify(attrs)
+                break
+        root = Element((uri, local), self._ns_stack[-1], attrs, self._prefixes)
+        # Only the header's own xmlns='...' counts (the stack holds one entry per declaration).
+        root.defaultUri = (self._ns_stack[-1] or None) if len(self._ns_stack) > 1 else None
+        self._prefixes = None
+        self.parser.StartElementHandler = self._on_start
+        self._handler.stream_started(root)
+        if self.dead:
+            raise _Reset()
+
+    def _on_start(self, name: str, attrs: dict) -> None:
+        level = self._level + 1
+        if level == 1:
+            self._stanza_start = self.parser.CurrentByteIndex
+            self._count = 1
+        else:
+            count = self._count = self._count + 1
+            if count > self.max_elements:
+                raise StreamFault("policy-violation", f"{self._unit} exceeds the {self.max_elements}-element limit")
+            if level > self.max_depth:
+                raise StreamFault(
+                    "policy-violation", f"{self._unit} exceeds the nesting depth limit of {self.max_depth}"
+                )
+            if self.parser.CurrentByteIndex - self._stanza_start > self.max_bytes:
+                raise self._too_big(self._unit)
+        parent = self._current
+        text = self._text
+        if text:
+            parent.children.append(text[0] if len(text) == 1 else "".join(text))
+            text.clear()
+        uri, _, local = name.rpartition(" ")
+        for key in attrs:
+            if " " in key:
+                attrs = _qualify(attrs)
+                break
+        element = Element((uri, local), self._ns_stack[-1], attrs, self._prefixes)
+        self._prefixes = None
+        if parent is not None:
+            parent.children.append(element)
+            element.parent = parent
+        self._current = element
+        self._level = level
+
+    def _on_end(self, name: str) -> None:
+        element = self._current
+        if element is None:  # the stream header's end tag
+            self._handler.stream_ended()
+            if self.dead:
+                raise _Reset()
+            return
+        text = self._text
+        if text:
+            element.children.append(text[0] if len(text) == 1 else "".join(text))
+            text.clear()
+        level = self._level = self._level - 1
+        if level:
+            self._current = element.parent
+            return
+        self._current = None
+        if self.parser.CurrentByteIndex - self._stanza_start > self.max_bytes:
+            raise self._too_big(self._unit)
+        if len(self._interned) > _MAX_INTERNED:
+            self._interned.clear()
+        if self._handler is None:
+            self.result = element
+            return
+        self._handler.element_received(element)
+        if self.dead:
+            raise _Reset()
+
+    def _on_text(self, data: str) -> None:
+        if self._current is not None:
+            self._text.append(data)
+        elif not data.isspace():
+            # Between stanzas only whitespace (keepalives) makes sense; it is dropped, never accumulated.
+            raise StreamFault("bad-format", "character data outside a stanza")
+
+    def _on_ns_start(self, prefix: str | None, uri: str | None) -> None:
+        if prefix is None:
+            self._ns_stack.append(uri or "")
+        else:
+            if self._prefixes is None:
+                self._prefixes = {}
+            self._prefixes[prefix] = uri
+
+    def _on_ns_end(self, prefix: str | None) -> None:
+        if prefix is None:
+            self._ns_stack.pop()
+
+    # -- restricted XML (RFC 6120 section 11.1) ----------------------------------------------------------
+
+    def _on_xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
+        if encoding is not None and encoding.lower() not in _UTF8_NAMES:
+            raise StreamFault("unsupported-encoding", "only UTF-8 is allowed")
+
+    def _on_doctype(self, *args: object) -> None:
+        raise StreamFault("restricted-xml", "DOCTYPE is not allowed")
+
+    def _on_dtd(self, *args: object) -> None:
+        raise StreamFault("restricted-xml", "DTD declarations are not allowed")
+
+    def _on_entity(self, *args: object) -> int:
+        raise StreamFault("restricted-xml", "entity references are not allowed")
+
+    def _on_comment(self, data: str) -> None:
+        raise StreamFault("restricted-xml", "comments are not allowed")
+
+    def _on_pi(self, target: str, data: str) -> None:
+        raise StreamFault("restricted-xml", "processing instructions are not allowed")
+
+
+class StreamParser:
+    """Incremental parser for one XML stream (TCP). Builds domish.Element stanzas (children of the root).
+
+    ``handler.stream_started(root)`` gets the stream header (``root.defaultUri`` is the default namespace it
+    declares, or None; ``root.localPrefixes`` its prefix declarations); ``handler.element_received(element)``
+    each complete top-level child (``parent`` is None); ``handler.stream_ended()`` the closing tag.
+
+    :meth:`feed` raises :class:`StreamFault`; after a fault the parser is dead and every later feed raises
+    the same condition until :meth:`reset`. An exception raised by the handler propagates out of
+    :meth:`feed` and also kills the parser (expat cannot continue after it).
+    """
+
+    def __init__(
+        self,
+        handler: StreamHandler,
+        *,
+        max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self.handler = handler
+        self.max_stanza_bytes = max_stanza_bytes
+        self.max_elements = max_elements
+        self.max_depth = max_depth
+        self._fault: StreamFault | None = None
+        self._builder = self._new_builder()
+
+    def _new_builder(self) -> _Builder:
+        return _Builder(self.handler, self.max_stanza_bytes, self.max_elements, self.max_depth)
+
+    def feed(self, data: bytes) -> None:
+        """Parse the next bytes of the stream, calling the handler for whatever they complete."""
+        if self._fault is not None:
+            raise StreamFault(self._fault.condition, self._fault.text)
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        builder = self._builder
+        try:
+            if len(data) <= _SLICE:
+                builder.parse(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), _SLICE):
+                    builder.parse(view[start : start + _SLICE])
+        except _Reset:
+            # The handler called reset() while this input was being parsed: the rest of it belonged to the
+            # old stream and is dropped (after STARTTLS it must never reach the new one).
+            return
+        except StreamFault as fault:
+            if builder is self._builder:
+                self._fault = fault
+            raise
+        except BaseException:
+            if builder is self._builder:
+                self._fault = StreamFault("internal-server-error")
+            raise
+
+    def reset(self) -> None:
+        """Start over for a stream restart (after STARTTLS or SASL success).
+
+        Input not parsed yet is discarded, including the rest of the data being fed when this is called
+        from a handler callback.
+        """
+        self._builder.dead = True
+        self._fault = None
+        self._builder = self._new_builder()
+
+
+def parse_element(
+    data: bytes | str,
+    *,
+    max_bytes: int = DEFAULT_MAX_STANZA_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> Element:
+    """Parse exactly one complete element (a WebSocket message, a BOSH ``<body/>``) under the same rules.
+
+    The element counts as the stanza for the limits (it is level 1 and element number 1). Raises
+    :class:`StreamFault`: ``not-well-formed`` for broken XML, an unclosed element, trailing data or a
+    second root.
+    """
+    if isinstance(data, str):
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StreamFault("not-well-formed", "invalid character") from None
+    if len(data) > max_bytes:
+        raise StreamFault("policy-violation", f"element exceeds the {max_bytes}-byte limit")
+    builder = _Builder(None, max_bytes, max_elements, max_depth)
+    builder.parse(data, True)
+    if builder.result is None:  # pragma: no cover - expat reports "no element found" first
+        raise StreamFault("not-well-formed", "no element")
+    return builder.result
