@@ -236,6 +236,15 @@ class NegotiationTests(TestCase):
         self.clock.advance(0)
         self.assertEqual(transport.last().name, "success")
 
+    def test_too_many_failures_close_the_stream(self) -> None:
+        stream, transport = self.open(secure=True)
+        stream.stream_started(header())
+        for _ in range(3):
+            stream.element_received(plain_auth("alice", "wrong"))
+            self.clock.advance(10)
+        self.assertEqual([e.name for e in transport.sent].count("failure"), 3)
+        self.assertEqual(transport.error_condition(), "policy-violation")
+
     def test_elements_during_sasl_are_queued_in_order(self) -> None:
         stream, transport = self.open(secure=True)
         stream.stream_started(header())

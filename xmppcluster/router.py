@@ -26,6 +26,16 @@ log = Logger()
 IQ_REQUEST = frozenset(("get", "set"))
 
 
+def _priority(presence: domish.Element) -> int:
+    """The <priority/> of a presence, clamped to -128..127 (RFC 6121 §4.7.2.3); 0 when absent or bad."""
+    for child in presence.elements(presence.uri, "priority"):
+        try:
+            return max(-128, min(127, int(str(child).strip())))
+        except ValueError:
+            return 0
+    return 0
+
+
 class Router:
     """Routes stanzas between local sessions, the server itself, and its modules."""
 
@@ -45,7 +55,10 @@ class Router:
         if to is None:
             if sender is None:
                 return
-            self._to_account(name, stanza, sender.bare, sender, own=True)
+            if name == "presence":
+                self._presence_update(stanza, sender)
+            else:
+                self._to_account(name, stanza, sender.bare, sender, own=True)
             return
         try:
             target = parse_jid(to)
@@ -109,6 +122,29 @@ class Router:
                 self._bounce(stanza, "service-unavailable")
         elif name == "presence" and kind in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
             self._to_account(name, stanza, bare, sender, own=False)
+
+    # -- presence ------------------------------------------------------------------------------
+
+    def _presence_update(self, stanza: domish.Element, session: Session) -> None:
+        """Presence without ``to``: the session's own availability (RFC 6121 §4.2, §4.4, §4.5).
+
+        The core keeps the state routing depends on (availability, priority); the presence module
+        broadcasts it (``presence/broadcast``); ``presence/initial`` follows a first available presence.
+        """
+        kind = stanza.getAttribute("type")
+        if kind not in (None, "unavailable"):
+            if not self.hooks.fire(f"presence/{kind}", stanza, session):
+                self._bounce(stanza, "bad-request")
+            return
+        initial = session.presence is None and kind is None
+        if kind is None:
+            session.priority = _priority(stanza)
+            session.presence = stanza
+        else:
+            session.presence = None
+        self.hooks.fire("presence/broadcast", stanza, session)
+        if initial:
+            self.hooks.fire("presence/initial", session)
 
     # -- messages --------------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ Built by ``service.py`` (the only place that wires objects together) and handed 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ from twisted.logger import Logger
 
 from xmppcluster.auth.throttle import AuthThrottle
 from xmppcluster.hooks import Hooks
-from xmppcluster.modules import MODULES, enabled_modules
+from xmppcluster.modules import available_modules, enabled_modules
 from xmppcluster.modules.base import Module
 from xmppcluster.router import Router
 from xmppcluster.sessions import SessionRegistry
@@ -85,10 +84,11 @@ class XMPPServer:
 
     def load_modules(self, names: list[str] | None = None) -> None:
         """Instantiate and wire the enabled modules (``--sm-plugins``), or exactly ``names``."""
-        for name in names if names is not None else enabled_modules(self.config):
-            path = MODULES[name]
-            module_name, _, class_name = path.rpartition(".")
-            cls = getattr(importlib.import_module(module_name), class_name)
+        if names is None:
+            classes = enabled_modules(self.config)
+        else:
+            classes = [available_modules()[name] for name in names]
+        for cls in classes:
             self.add_module(cls(self))
 
     def add_module(self, module: Module) -> None:

@@ -53,6 +53,8 @@ class Module:
 
     #: Name used in ``--sm-plugins`` to switch the module on or off.
     name: str = ""
+    #: On unless ``--sm-plugins`` says ``-name``; otherwise only with ``+name``.
+    default: bool = True
     #: Disco features (XEP-0030) this module adds to the server's disco#info.
     features: tuple[str, ...] = ()
     #: Disco features this module adds to an account's disco#info.
@@ -79,6 +81,14 @@ class Module:
     def stream_features(self, stream: ClientStream, stage: str) -> list[domish.Element]:
         """Extra stream features at ``stage`` (``"pre-auth"`` or ``"bound"``)."""
         return []
+
+    @staticmethod
+    def target(request: domish.Element, sender: Any) -> str:
+        """The bare JID a request is addressed to (its ``to``, or the sender's own account)."""
+        to = request.getAttribute("to")
+        if to is None:
+            return sender.bare
+        return to.split("/", 1)[0]
 
     def start(self) -> None:
         """Called once the server is running (storage open)."""

@@ -32,6 +32,8 @@ log = Logger()
 
 STANZAS = frozenset(("message", "presence", "iq"))
 MAX_RESOURCE_BYTES = 1023
+#: Failed SASL attempts on one stream before it is closed (RFC 6120 §6.4.5 suggests 2 to 5).
+MAX_AUTH_ATTEMPTS = 3
 
 
 @dataclass
@@ -248,6 +250,7 @@ class ClientStream:
                 throttle=self.server.throttle,
                 allow_anonymous=bool(self.server.config.vhost_option(self.domain, "anon")),
                 clock=self.clock,
+                iterations=self.server.config.get("--", "scram-iterations"),
             )
         return self._sasl
 
@@ -292,6 +295,9 @@ class ClientStream:
             self._starttls()
             return
         if element.uri != ns.SASL:
+            # Modules may serve a few IQs before authentication (XEP-0077 in-band registration).
+            if element.name == "iq" and self.server.hooks.fire("stream/pre-auth-iq", self, element):
+                return
             raise StreamFailure("not-authorized", "authenticate first")
         self._busy = True
         ensureDeferred(self._sasl_server().handle(element)).addCallbacks(
@@ -309,8 +315,11 @@ class ClientStream:
             self.transport.restart_stream()
             log.info("c2s stream {id} authenticated {user}@{domain} from {peer}", id=self.id,
                      user=self.user, domain=self.domain, peer=self.transport.peer)
-        elif result.done:
-            self._sasl = None  # a fresh negotiation may start (RFC 6120 §6.4.5 allows retries)
+        elif result.done and self._sasl is not None and self._sasl.failures >= MAX_AUTH_ATTEMPTS:
+            # RFC 6120 §6.4.5: a configurable number of retries, then the stream is closed.
+            self._busy = False
+            self.fail("policy-violation", "too many failed authentication attempts")
+            return
         self._resume()
 
     def _negotiate_bind(self, element: domish.Element) -> None:

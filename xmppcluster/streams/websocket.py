@@ -55,6 +55,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_TOO_BIG = 1009
+#: Seconds to wait for the client's close frame after ours before dropping the TCP connection.
+CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
 
 def serialize(element: domish.Element) -> str:
@@ -97,7 +99,7 @@ class WebSocketSettings:
 
     def origin_allowed(self, origin: str | None) -> bool:
         """Browsers always send Origin; a client without one (not a browser) is not restricted by it."""
-        if origin is None or self.any_origin:
+        if not origin or self.any_origin:
             return True
         return normalize_origin(origin) in self.origins
 
@@ -106,6 +108,7 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     """One XMPP-over-WebSocket connection: the :class:`~xmppcluster.streams.core.StreamTransport` for RFC 7395."""
 
     can_starttls = False
+    _close_code = CLOSE_NORMAL
 
     def __init__(self, server: XMPPServer, listener: Listener, settings: WebSocketSettings) -> None:
         super().__init__()
@@ -118,10 +121,11 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         self.origin: str | None = None
         self._opened = False  # an <open/> started the current stream (reset on restart)
         self._closing = False
-        self._heard = False  # inbound traffic since the last ping tick
-        self._ping_pending = False
+        self._last_heard = 0.0  # clock time of the last inbound frame
+        self._ping_sent_at: float | None = None
         self._ping_timer: Any = None
         self._idle_timer: Any = None
+        self._drop_timer: Any = None
 
     # StreamTransport wants ``peer`` to be the client's address; autobahn keeps its own ``peer`` string
     # ("tcp4:1.2.3.4:5678"), so ours is exposed under the protocol's name through this property.
@@ -153,6 +157,7 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.stream = ClientStream(self.server, self, tls_required=False, offer_starttls=False)
         clock = self.server.clock
+        self._last_heard = clock.seconds()
         if self.settings.ping_interval > 0:
             self._ping_timer = clock.callLater(self.settings.ping_interval, self._ping_tick)
         self._idle_timer = clock.callLater(self.settings.idle_timeout, self._idle)
@@ -184,6 +189,9 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._stop_timers()
+        if self._drop_timer is not None and self._drop_timer.active():
+            self._drop_timer.cancel()
+        self._drop_timer = None
         stream, self.stream = self.stream, None
         if stream is not None:
             if self._closing:
@@ -193,12 +201,12 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         # autobahn's hook, called from the frame header: answer in XMPP before closing with 1009.
+        # The rest of the message is never buffered: autobahn then drops the connection (after flushing).
         log.info("ws2s {peer}: {reason}", peer=self.peer_host, reason=reason)
         if self.stream is not None and not self._closing:
             self._fail(CLOSE_TOO_BIG, "policy-violation",
                        f"a WebSocket message exceeds the {max_msg_size}-byte limit")
-        else:
-            super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     # -- framing --------------------------------------------------------------------------------------
 
@@ -222,8 +230,6 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def _fail(self, code: int, condition: str, text: str) -> None:
         self._close_code = code
         self.stream.transport_failed(condition, text)
-
-    _close_code = CLOSE_NORMAL
 
     # -- StreamTransport sink -------------------------------------------------------------------------
 
@@ -282,30 +288,40 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         if see_other_uri:
             close["see-other-uri"] = see_other_uri
         self._write(close)
-        self.sendClose(self._close_code)
+        self.sendCloseFrame(code=self._close_code, isReply=False)
+        self._drop_timer = self.server.clock.callLater(CLOSE_HANDSHAKE_TIMEOUT, self._close_handshake_timeout)
+
+    def _close_handshake_timeout(self) -> None:
+        self._drop_timer = None
+        self.onCloseHandshakeTimeout()  # autobahn: drop the TCP connection
 
     def _traffic(self) -> None:
-        self._heard = True
+        self._last_heard = self.server.clock.seconds()
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self.settings.idle_timeout)
         if self.stream is not None:
             self.stream.activity()
 
     def _ping_tick(self) -> None:
-        """Every ping-interval: quiet for a whole interval -> ping; quiet after a ping too -> the peer is gone."""
+        """A ping after ping-interval seconds without inbound traffic; no traffic for another interval -> gone."""
         self._ping_timer = None
         if self._closing or self.stream is None:
             return
-        if self._heard:
-            self._heard = False
-            self._ping_pending = False
-        elif self._ping_pending:
-            self.stream.transport_failed("connection-timeout", "no answer to a WebSocket ping")
-            return
-        else:
-            self._ping_pending = True
+        interval = self.settings.ping_interval
+        now = self.server.clock.seconds()
+        if self._ping_sent_at is not None:
+            if self._last_heard < self._ping_sent_at:
+                self.stream.transport_failed("connection-timeout", "no answer to a WebSocket ping")
+                return
+            self._ping_sent_at = None
+        quiet = now - self._last_heard
+        if quiet >= interval:
+            self._ping_sent_at = now
             self.sendPing()
-        self._ping_timer = self.server.clock.callLater(self.settings.ping_interval, self._ping_tick)
+            delay = interval
+        else:
+            delay = interval - quiet
+        self._ping_timer = self.server.clock.callLater(delay, self._ping_tick)
 
     def _idle(self) -> None:
         self._idle_timer = None
@@ -324,9 +340,8 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
 
     def __init__(self, server: XMPPServer, listener: Listener) -> None:
         scheme = "wss" if listener.tls else "ws"
-        super().__init__(url=f"{scheme}://localhost:{listener.port}", protocols=[SUBPROTOCOL], server=None,
-                         reactor=server.clock if hasattr(server.clock, "listenTCP") else None)
-        self.server = server
+        super().__init__(url=f"{scheme}://localhost:{listener.port}", protocols=[SUBPROTOCOL], server=None)
+        self.xmpp_server = server  # ``server`` is autobahn's (the Server header; None = not sent)
         self.listener = listener
         self.settings = WebSocketSettings(server)
         limit = self.settings.max_message_bytes
@@ -336,13 +351,15 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=limit,
             maxMessagePayloadSize=limit,
             failByDrop=False,  # close with a close frame, after our stream error has been written
-            autoPingInterval=0,  # our own pings run on the server clock
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=2,
+            # Our own timers run on the server clock (cancellable, testable); autobahn's are off. The opening
+            # handshake needs none: twisted.web hands over a complete request.
+            autoPingInterval=0,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
         )
 
     def buildProtocol(self, addr: Any) -> XMPPWebSocketProtocol:
-        protocol = XMPPWebSocketProtocol(self.server, self.listener, self.settings)
+        protocol = XMPPWebSocketProtocol(self.xmpp_server, self.listener, self.settings)
         protocol.factory = self
         return protocol
 

@@ -1,0 +1,104 @@
+"""Small per-account stores of the base modules: vCard, private XML and last logout.
+
+XML arrives and leaves as serialized text (the modules parse it with the hardened parser). Every row
+references ``accounts``, so writing for an account that does not exist raises :class:`NoSuchAccount`
+and deleting an account deletes its data.
+"""
+
+from __future__ import annotations
+
+import time
+
+from xmppcluster.storage.database import Cursor, Database
+from xmppcluster.storage.errors import NoSuchAccount, StorageError
+
+
+class QuotaExceeded(StorageError):
+    """The write would take the account over its storage quota."""
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+class VCardStore:
+    """One vcard-temp document per account."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, user: str, domain: str) -> str | None:
+        rows = await self.db.query("SELECT vcard FROM vcards WHERE domain = ? AND username = ?", (domain, user))
+        return rows[0][0] if rows else None
+
+    async def set(self, user: str, domain: str, vcard: str | None) -> None:
+        """Store ``vcard`` (serialized ``<vCard/>``), or delete it when None."""
+
+        def txn(cursor: Cursor) -> None:
+            cursor.execute("DELETE FROM vcards WHERE domain = ? AND username = ?", (domain, user))
+            if vcard is not None:
+                cursor.execute("INSERT INTO vcards (domain, username, vcard, updated_at) VALUES (?, ?, ?, ?)",
+                               (domain, user, vcard, int(time.time())))
+
+        try:
+            await self.db.interaction(txn, idempotent=True)
+        except self.db.IntegrityError:
+            raise NoSuchAccount(f"no such user {user}@{domain}") from None
+
+
+class PrivateStore:
+    """XEP-0049 private XML: per account, one text per namespace, under a total-size quota."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, user: str, domain: str, namespace: str) -> str | None:
+        rows = await self.db.query(
+            "SELECT data FROM private_storage WHERE domain = ? AND username = ? AND namespace = ?",
+            (domain, user, namespace))
+        return rows[0][0] if rows else None
+
+    async def set(self, user: str, domain: str, items: dict[str, str], max_bytes: int) -> None:
+        """Replace the data of each namespace in ``items``; :class:`QuotaExceeded` past ``max_bytes`` in all."""
+
+        def txn(cursor: Cursor) -> None:
+            rows = cursor.execute("SELECT namespace, data FROM private_storage WHERE domain = ? AND username = ?",
+                                  (domain, user)).fetchall()
+            total = sum(_size(data) for namespace, data in rows if namespace not in items)
+            total += sum(_size(data) for data in items.values())
+            if total > max_bytes:
+                raise QuotaExceeded(f"private storage of {user}@{domain} would exceed {max_bytes} bytes")
+            for namespace, data in items.items():
+                cursor.execute("DELETE FROM private_storage WHERE domain = ? AND username = ? AND namespace = ?",
+                               (domain, user, namespace))
+                cursor.execute("INSERT INTO private_storage (domain, username, namespace, data) VALUES (?, ?, ?, ?)",
+                               (domain, user, namespace, data))
+
+        try:
+            await self.db.interaction(txn, idempotent=True)
+        except self.db.IntegrityError:
+            raise NoSuchAccount(f"no such user {user}@{domain}") from None
+
+
+class LastActivityStore:
+    """XEP-0012: when each account last logged out, and its last unavailable status."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, user: str, domain: str) -> tuple[int, str] | None:
+        """``(unix time of the last logout, status text)``, or None if never recorded."""
+        rows = await self.db.query("SELECT seconds, status FROM last_activity WHERE domain = ? AND username = ?",
+                                   (domain, user))
+        return (int(rows[0][0]), rows[0][1]) if rows else None
+
+    async def set(self, user: str, domain: str, when: int, status: str = "") -> None:
+        def txn(cursor: Cursor) -> None:
+            cursor.execute("DELETE FROM last_activity WHERE domain = ? AND username = ?", (domain, user))
+            cursor.execute("INSERT INTO last_activity (domain, username, seconds, status) VALUES (?, ?, ?, ?)",
+                           (domain, user, int(when), status))
+
+        try:
+            await self.db.interaction(txn, idempotent=True)
+        except self.db.IntegrityError:
+            raise NoSuchAccount(f"no such user {user}@{domain}") from None

@@ -1,0 +1,2 @@
+-- placeholder: replaced by the module that owns this migration
+CREATE TABLE IF NOT EXISTS placeholder_0003 (x INTEGER);

@@ -1,0 +1,337 @@
+"""BOSH (XEP-0124, XEP-0206): the ``/http-bind`` resource and the sessions of this node.
+
+The resource only does HTTP: CORS, size limits, parsing the ``<body/>`` with the hardened parser, and
+handing it to the session (:mod:`xmppcluster.streams.bosh_session`) or creating one. Every session lives
+in :class:`BoshSessions` (one per server, shared by all BOSH ports), looked up by :meth:`find_session`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import weakref
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from xmppcluster import namespaces as ns
+from xmppcluster.jid import InvalidJID, parse_jid
+from xmppcluster.streams.bosh_session import (
+    BOSH_VERSION,
+    DEFAULT_CONTENT_TYPE,
+    HTTPBIND,
+    LEGACY_STATUS,
+    MAX_RID,
+    XBOSH,
+    BoshError,
+    BoshSession,
+    Exchange,
+    Terms,
+    number,
+    render_body,
+)
+from xmppcluster.streams.core import StreamHeader
+from xmppcluster.xml import StreamFault, parse_element
+
+if TYPE_CHECKING:
+    from xmppcluster.config import Config, Listener
+    from xmppcluster.server import XMPPServer
+
+__all__ = ["BoshResource", "BoshSession", "BoshSessions", "BoshSettings", "bosh_sessions", "limited_request"]
+
+log = Logger()
+
+_CONTENT = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(; ?charset=[A-Za-z0-9_-]+)?")
+_GET_PAGE = (b"This is an XMPP BOSH endpoint (XEP-0124, XEP-0206).\n"
+             b"XMPP clients POST <body xmlns='http://jabber.org/protocol/httpbind'/> requests here.\n")
+
+
+@dataclass(frozen=True)
+class BoshSettings:
+    """The ``bosh/*`` settings, read once."""
+
+    send_host: bool = True
+    max_wait: int = 30
+    min_polling: int = 2
+    max_inactivity: int = 60
+    concurrent_requests: int = 2
+    hold_requests: int = 1
+    max_pause: int = 120
+    max_waiting: int = 100
+    max_body: int = 524288
+    max_per_ip: int = 100
+    cors_origins: tuple[str, ...] = ("*",)
+
+    @classmethod
+    def from_config(cls, config: Config) -> BoshSettings:
+        get = config.get
+        return cls(
+            send_host=bool(get("bosh", "send-node-hostname")),
+            max_wait=get("bosh", "max-wait"),
+            min_polling=get("bosh", "min-polling"),
+            max_inactivity=get("bosh", "max-inactivity"),
+            concurrent_requests=get("bosh", "concurrent-requests"),
+            hold_requests=get("bosh", "hold-requests"),
+            max_pause=get("bosh", "max-pause"),
+            max_waiting=get("bosh", "max-session-waiting-packets"),
+            max_body=get("bosh", "max-body-size"),
+            max_per_ip=get("bosh", "max-sessions-per-ip"),
+            cors_origins=tuple(get("bosh", "cors-allow-origins")),
+        )
+
+
+class BoshSessions:
+    """The BOSH sessions of one server, by sid."""
+
+    def __init__(self, server: XMPPServer, settings: BoshSettings | None = None) -> None:
+        self.server = server
+        self.settings = settings or BoshSettings.from_config(server.config)
+        self.sessions: dict[str, BoshSession] = {}
+        self.per_ip: Counter[str] = Counter()
+        self._owners: dict[str, str] = {}
+
+    def find_session(self, sid: str) -> BoshSession | None:
+        """The session with this sid on this node (the seam where a cluster forwards unknown sids)."""
+        return self.sessions.get(sid)
+
+    def create(self, exchange: Exchange, body: Any, peer: str, secure: bool) -> None:
+        """Answer a session-creation request (a ``<body/>`` without ``sid``)."""
+        settings = self.settings
+        rid = number(body, "rid")
+        if rid is None or rid > MAX_RID:
+            raise BoshError("bad-request", "missing or invalid 'rid'")
+        to = body.getAttribute("to")
+        if not to:
+            raise BoshError("improper-addressing", "'to' is required")
+        try:
+            domain = parse_jid(to)
+        except InvalidJID:
+            raise BoshError("host-unknown", "'to' is not a domain") from None
+        if domain.user is not None or domain.resource is not None or not self.server.is_local_domain(domain.host):
+            raise BoshError("host-unknown", f"this server does not serve {to}")
+        if settings.max_per_ip and self.per_ip[peer] >= settings.max_per_ip:
+            raise BoshError("policy-violation", "too many sessions from this address")
+        # 'route' is deliberately never looked at: this is not a proxy.
+        wait = min(number(body, "wait", settings.max_wait), settings.max_wait)
+        hold = min(number(body, "hold", 1), settings.hold_requests, settings.concurrent_requests - 1)
+        if wait == 0:
+            hold = 0
+        polling = settings.min_polling
+        inactivity = settings.max_inactivity + (polling if hold == 0 else 0)
+        client_ver = _version(body.getAttribute("ver"))
+        ver = min(client_ver or BOSH_VERSION, BOSH_VERSION)
+        content = body.getAttribute("content")
+        terms = Terms(
+            wait=wait, hold=hold, requests=hold + 1, inactivity=inactivity, polling=polling,
+            maxpause=settings.max_pause, ver=f"{ver[0]}.{ver[1]}", legacy=client_ver is None,
+            client_acks=body.getAttribute("ack") == "1",
+            content_type=content if content and _CONTENT.fullmatch(content) else DEFAULT_CONTENT_TYPE)
+        sid = secrets.token_hex(20)
+        newkey = body.getAttribute("newkey")
+        session = BoshSession(self, sid, peer, secure, rid, terms, newkey.lower() if newkey else None,
+                              self.server.node_name if settings.send_host else None)
+        self.sessions[sid] = session
+        self.per_ip[peer] += 1
+        self._owners[sid] = peer
+        log.info("BOSH session {sid} from {peer} ({secure})", sid=sid, peer=peer,
+                 secure="HTTPS" if secure else "HTTP")
+        session.start(exchange, StreamHeader(
+            to=domain.host, version=body.getAttribute((XBOSH, "version")) or "1.0",
+            lang=body.getAttribute((ns.XML, "lang")), frm=body.getAttribute("from")))
+
+    def remove(self, session: BoshSession) -> None:
+        if self.sessions.get(session.sid) is not session:
+            return
+        del self.sessions[session.sid]
+        peer = self._owners.pop(session.sid)
+        self.per_ip[peer] -= 1
+        if self.per_ip[peer] <= 0:
+            del self.per_ip[peer]
+
+    def shutdown(self) -> None:
+        """End every session with ``system-shutdown`` (the node is stopping)."""
+        for session in list(self.sessions.values()):
+            if session.closed:
+                self.remove(session)
+            else:
+                session.terminate("system-shutdown", notify_core=True)
+
+
+_registries: weakref.WeakKeyDictionary[Any, BoshSessions] = weakref.WeakKeyDictionary()
+
+
+def bosh_sessions(server: XMPPServer) -> BoshSessions:
+    """The session registry of ``server`` (created on first use, shared by all BOSH ports)."""
+    registry = _registries.get(server)
+    if registry is None:
+        registry = _registries[server] = BoshSessions(server)
+    return registry
+
+
+def _version(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    major, _, minor = value.partition(".")
+    if not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit()):
+        return None
+    return int(major), int(minor)
+
+
+def _terminal(condition: str) -> bytes:
+    return render_body({"type": "terminate", "condition": condition})
+
+
+class BoshResource(Resource):
+    """``/http-bind`` (and ``/http-bind/``): POST carries BOSH, OPTIONS answers CORS preflights, GET says hello."""
+
+    isLeaf = True
+
+    def __init__(self, server: XMPPServer, listener: Listener | None = None) -> None:
+        super().__init__()
+        self.server = server
+        self.sessions = bosh_sessions(server)
+        self.settings = self.sessions.settings
+        self.secure = bool(listener is not None and listener.tls)
+        limits = server.limits
+        self._max_elements = limits.max_elements
+        self._max_depth = limits.max_depth + 1  # the <body/> wrapper is one more level
+
+    # -- HTTP methods ------------------------------------------------------------------------------
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        if self._known_path(request) and self._cors(request):
+            request.setHeader(b"Access-Control-Allow-Methods", b"POST, GET, OPTIONS")
+            request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
+            request.setHeader(b"Access-Control-Max-Age", b"86400")
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+
+    def render_GET(self, request: Request) -> bytes:
+        if not self._known_path(request):
+            request.setResponseCode(404)
+            return b"Not found\n"
+        self._cors(request)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return _GET_PAGE
+
+    def render_POST(self, request: Request) -> Any:
+        if not self._known_path(request):
+            request.setResponseCode(404)
+            return b"Not found\n"
+        if not self._cors(request):
+            request.setResponseCode(403)
+            return b"Origin not allowed\n"
+        exchange = Exchange(request)
+        data = self._read_body(request)
+        if data is None:
+            log.info("BOSH request from {peer} refused: body too large", peer=_peer(request))
+            exchange.reply(_terminal("policy-violation"))
+            return NOT_DONE_YET
+        try:
+            body = parse_element(data, max_bytes=self.settings.max_body, max_elements=self._max_elements * 4,
+                                 max_depth=self._max_depth)
+        except StreamFault as fault:
+            log.info("BOSH request from {peer} refused: {fault}", peer=_peer(request), fault=str(fault))
+            exchange.reply(_terminal("bad-request"))
+            return NOT_DONE_YET
+        if body.uri != HTTPBIND or body.name != "body" or not self._stanza_limits(body):
+            exchange.reply(_terminal("bad-request"))
+            return NOT_DONE_YET
+        sid = body.getAttribute("sid")
+        if sid is None:
+            try:
+                self.sessions.create(exchange, body, _peer(request), self.secure)
+            except BoshError as error:
+                log.info("BOSH session refused for {peer}: {condition} {text}", peer=_peer(request),
+                         condition=error.condition, text=error.text)
+                legacy = body.getAttribute("ver") is None
+                exchange.reply(_terminal(error.condition),
+                               status=LEGACY_STATUS.get(error.condition, 200) if legacy else 200)
+            return NOT_DONE_YET
+        session = self.sessions.find_session(sid)
+        if session is None:
+            exchange.reply(_terminal("item-not-found"))
+            return NOT_DONE_YET
+        if session.secure and not self.secure:
+            # XEP-0124 §20.1: a secure session's request over plain HTTP: drop it, keep the session.
+            exchange.alive = False
+            request.transport.loseConnection()
+            return NOT_DONE_YET
+        session.handle(exchange, body)
+        return NOT_DONE_YET
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _known_path(self, request: Request) -> bool:
+        return request.postpath in ([], [b""])
+
+    def _cors(self, request: Request) -> bool:
+        """Set the CORS headers; False when the request's Origin is not allowed."""
+        allowed = self.settings.cors_origins
+        origin = request.getHeader(b"Origin")
+        if "*" in allowed:
+            request.setHeader(b"Access-Control-Allow-Origin", b"*")
+            return True
+        request.setHeader(b"Vary", b"Origin")
+        if origin is None:
+            return True  # not a browser cross-origin request
+        if origin.decode("latin-1") in allowed:
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            return True
+        return False
+
+    def _read_body(self, request: Request) -> bytes | None:
+        """The request body, or None when it is larger than ``bosh/max-body-size``."""
+        limit = self.settings.max_body
+        if getattr(request, "body_too_large", False):
+            return None
+        length = request.getHeader(b"Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return None
+        content = request.content
+        content.seek(0)
+        data = content.read(limit + 1)
+        return None if len(data) > limit else data
+
+    def _stanza_limits(self, body: Any) -> bool:
+        """Each payload stays within ``--elements-number-limit`` (the body as a whole has 4x that)."""
+        limit = self._max_elements
+        for child in body.elements():
+            count = 0
+            stack = [child]
+            while stack:
+                element = stack.pop()
+                count += 1
+                if count > limit:
+                    return False
+                stack.extend(element.elements())
+        return True
+
+
+def _peer(request: Request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", None) or "?"
+
+
+def limited_request(max_bytes: int) -> type[Request]:
+    """A ``Site.requestFactory`` that stops storing a request body beyond ``max_bytes`` while it arrives.
+
+    The body is then refused by :class:`BoshResource` (``body_too_large``) without ever being buffered whole.
+    """
+
+    class LimitedRequest(Request):
+        body_too_large = False
+        _received = 0
+
+        def handleContentChunk(self, data: bytes) -> None:
+            self._received += len(data)
+            if self._received > max_bytes:
+                self.body_too_large = True
+                return
+            super().handleContentChunk(data)
+
+    return LimitedRequest
