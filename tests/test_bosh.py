@@ -14,12 +14,14 @@ from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
 from twisted.web.server import Site
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from twisted.words.xish import domish
 
 from xmppcluster import namespaces as ns
@@ -180,6 +182,13 @@ class BoshTestCase(TestCase):
         self.registry = bosh_sessions(self.server)
         self.client = Client(self.resource, self.clock)
 
+    def quiet(self, client: Client | None = None) -> list[domish.Element]:
+        """Let the stream core of ``client``'s session just record payloads (no authentication needed)."""
+        seen: list[domish.Element] = []
+        session = self.registry.find_session((client or self.client).sid)
+        session.stream.element_received = seen.append
+        return seen
+
     def assertTerminate(self, request: FakeRequest, condition: str | None) -> None:
         body = request.body()
         self.assertEqual(body.getAttribute("type"), "terminate", request.data)
@@ -266,6 +275,7 @@ class RequestTests(BoshTestCase):
 
     def test_new_request_releases_held_one_with_ack(self) -> None:
         self.client.create()
+        self.quiet()
         first = self.client.send()
         second = self.client.send("<presence xmlns='jabber:client'/>")
         self.assertTrue(first.finished)
@@ -290,6 +300,7 @@ class RequestTests(BoshTestCase):
 
     def test_forgotten_rid(self) -> None:
         self.client.create()
+        self.quiet()
         for _ in range(3):
             self.client.send("<presence xmlns='jabber:client'/>")
         self.assertTerminate(self.client.send(rid=1000), "item-not-found")
@@ -331,9 +342,10 @@ class RequestTests(BoshTestCase):
     def test_overactivity(self) -> None:
         self.client.create()
         session = self.registry.find_session(self.client.sid)
+        self.quiet()
         base = self.client.rid
-        held = self.client.send(rid=base + 1)
-        early = self.client.send(rid=base + 3)
+        held = self.client.send("<presence xmlns='jabber:client'/>", rid=base + 1)
+        early = self.client.send("<presence xmlns='jabber:client'/>", rid=base + 3)
         self.assertFalse(held.finished or early.finished)
         third = self.client.send(rid=base + 4)
         self.assertTerminate(third, "policy-violation")
@@ -344,11 +356,15 @@ class RequestTests(BoshTestCase):
 
     def test_pause_or_terminate_may_exceed_requests(self) -> None:
         self.client.create()
+        self.quiet()
         base = self.client.rid
-        self.client.send(rid=base + 1)
-        self.client.send(rid=base + 3)
-        terminate = self.client.send(rid=base + 4, type="terminate")
-        self.assertNotEqual(terminate.body().getAttribute("condition"), "policy-violation")
+        held = self.client.send("<presence xmlns='jabber:client'/>", rid=base + 1)
+        early = self.client.send("<presence xmlns='jabber:client'/>", rid=base + 3)
+        terminate = self.client.send(rid=base + 2, type="terminate")  # a third open request, allowed
+        self.assertTerminate(held, None)
+        self.assertEqual(terminate.body().attributes, {})
+        self.assertEqual(early.body().attributes, {})
+        self.assertIsNone(self.registry.find_session(self.client.sid))
 
     def test_too_frequent_empty_requests(self) -> None:
         self.client.create()
@@ -384,7 +400,7 @@ class RequestTests(BoshTestCase):
         self.assertTerminate(request, "item-not-found")
 
     def test_body_too_large(self) -> None:
-        self.configure("bosh/max-body-size[I]=10000")
+        self.configure("--max-stanza-size=10000\nbosh/max-body-size[I]=10000")
         self.client.create()
         big = "<message xmlns='jabber:client'><body>" + "x" * 10000 + "</body></message>"
         self.assertTerminate(self.client.send(big), "policy-violation")
@@ -392,12 +408,13 @@ class RequestTests(BoshTestCase):
         self.assertTerminate(declared, "policy-violation")
 
     def test_limited_request_stops_buffering(self) -> None:
-        request = limited_request(100)(DummyRequest([]).channel if False else None)
+        request = limited_request(100)(DummyChannel())
         request.gotLength(None)
         request.handleContentChunk(b"x" * 60)
         request.handleContentChunk(b"x" * 60)
         self.assertTrue(request.body_too_large)
-        self.assertEqual(len(request.content.getvalue()), 60)
+        request.content.seek(0)
+        self.assertEqual(len(request.content.read()), 60)
 
     def test_stanza_namespace_inherited_from_body(self) -> None:
         self.client.create()
@@ -418,6 +435,7 @@ class KeyTests(BoshTestCase):
     def test_key_sequence(self) -> None:
         chain = self.keys(4)
         self.client.create(newkey=chain[3])
+        self.quiet()
         self.assertEqual(self.client.send("<presence xmlns='jabber:client'/>", key=chain[2]).finished, False)
         self.client.send("<presence xmlns='jabber:client'/>", key=chain[1].upper())
         self.assertIsNotNone(self.registry.find_session(self.client.sid))
@@ -431,6 +449,7 @@ class KeyTests(BoshTestCase):
         old, new = self.keys(2), [hashlib.sha1(b"other").hexdigest()]
         new.append(hashlib.sha1(new[0].encode()).hexdigest())
         self.client.create(newkey=old[1])
+        self.quiet()
         self.client.send("<presence xmlns='jabber:client'/>", key=old[0], newkey=new[1])
         self.client.send("<presence xmlns='jabber:client'/>", key=new[0])
         self.assertIsNotNone(self.registry.find_session(self.client.sid))
@@ -458,7 +477,7 @@ class LifecycleTests(BoshTestCase):
         self.assertIsNotNone(self.registry.find_session(self.client.sid))
 
     def test_pause_and_resume(self) -> None:
-        self.client.create()
+        self.client.login()
         held = self.client.send()
         session = self.registry.find_session(self.client.sid)
         session.send(domish.Element((ns.CLIENT, "message")))  # queued while the pause is answered
@@ -541,17 +560,22 @@ class LifecycleTests(BoshTestCase):
         bob = Client(self.resource, self.clock, rid=5000)
         bob.login("bob", "phone")
         held = alice.send()
-        for n in range(3):
-            bob.send(f"<message xmlns='jabber:client' to='alice@{DOMAIN}/web' id='m{n}'><body>x</body></message>")
+        sent = []
+        for n in range(4):
+            sent.append(bob.send(f"<message xmlns='jabber:client' to='alice@{DOMAIN}/web' id='m{n}'>"
+                                 "<body>x</body></message>"))
             alice.settle()
-        self.assertTrue(held.finished)  # m0 went out in the held request; m1, m2 wait; then the queue is full
-        bob.send(f"<message xmlns='jabber:client' to='alice@{DOMAIN}/web' id='m3'><body>x</body></message>")
-        bob_poll = bob.send()
-        bob.settle()
-        self.assertIn(b"recipient-unavailable", bob_poll.data + b"".join(r for r in []))
+        # m0 went out in alice's held request; m1 and m2 wait (the limit is 2); m3 comes back to bob,
+        # in the response to his previous request (responses go in rid order).
+        self.assertIn(b"id='m0'", held.data)
+        self.assertEqual([m["id"] for m in self.registry.find_session(alice.sid).queue], ["m1", "m2"])
+        error = next(sent[2].body().elements(ns.CLIENT, "message"))
+        self.assertEqual((error["id"], error["type"]), ("m3", "error"))
+        self.assertIn(b"recipient-unavailable", sent[2].data)
 
     def test_acknowledgement_report(self) -> None:
         self.client.create(ack="1")
+        self.quiet()
         base = self.client.rid
         first = self.client.send("<presence xmlns='jabber:client'/>", ack=base)
         session = self.registry.find_session(self.client.sid)
@@ -603,6 +627,25 @@ class HTTPTests(BoshTestCase):
         self.assertIsNone(preflight.header(b"Access-Control-Allow-Origin"))
 
 
+class SecureTests(BoshTestCase):
+    def test_https_session(self) -> None:
+        listener = SimpleNamespace(tls=True)
+        secure = Client(BoshResource(self.server, listener), self.clock)
+        body = secure.create().body()
+        mechanisms = [str(m) for m in next(next(body.elements(ns.STREAMS, "features")).elements()).elements()]
+        self.assertIn("PLAIN", mechanisms)
+        self.assertNotIn("SCRAM-SHA-1-PLUS", mechanisms)  # no channel binding over BOSH
+        # The same session over plain HTTP: the connection is dropped, the session survives.
+        self.client.sid = secure.sid
+        self.client.rid = secure.rid
+        request = FakeRequest(body_xml(sid=secure.sid, rid=secure.rid + 1))
+        request.transport = StringTransport()
+        request.render(self.resource)
+        self.assertFalse(request.finished)
+        self.assertTrue(request.transport.disconnecting)
+        self.assertIsNotNone(self.registry.find_session(secure.sid))
+
+
 class RealHTTPTests(TestCase):
     """A real Site on loopback, a real SQLite database and a plain HTTP client (twisted.web.client.Agent)."""
 
@@ -616,7 +659,8 @@ class RealHTTPTests(TestCase):
         self.server = XMPPServer(config, storage, certs=None, clock=reactor)
         await storage.accounts.create("alice", DOMAIN, "secret")
         await storage.accounts.create("bob", DOMAIN, "secret")
-        root = BoshResource(self.server, None)
+        root = Resource()
+        root.putChild(b"http-bind", BoshResource(self.server, None))
         site = Site(root)
         site.requestFactory = limited_request(bosh_sessions(self.server).settings.max_body)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -660,10 +704,19 @@ class RealHTTPTests(TestCase):
         alice_sid, alice_rid = yield defer.ensureDeferred(self.login("alice", "web", 1000))
         bob_sid, bob_rid = yield defer.ensureDeferred(self.login("bob", "phone", 7000))
         poll = defer.ensureDeferred(self.post(body_xml(sid=bob_sid, rid=bob_rid)))  # held: a long poll
-        yield defer.ensureDeferred(self.post(body_xml(
+        sent = defer.ensureDeferred(self.post(body_xml(
             f"<message xmlns='jabber:client' to='bob@{DOMAIN}/phone'><body>hello over BOSH</body></message>",
             sid=alice_sid, rid=alice_rid)))
         _, _, body = yield poll
         message = next(body.elements(ns.CLIENT, "message"))
         self.assertEqual(message["from"], f"alice@{DOMAIN}/web")
         self.assertEqual(str(message.body), "hello over BOSH")
+        # Alice's request is held (nothing for her); her terminate releases it and ends the session.
+        _, _, body = yield defer.ensureDeferred(self.post(body_xml(sid=alice_sid, rid=alice_rid + 1,
+                                                                   type="terminate")))
+        _, _, held = yield sent
+        self.assertEqual(held.getAttribute("type"), "terminate")
+        _, _, body = yield defer.ensureDeferred(self.post(body_xml(sid=bob_sid, rid=bob_rid + 1, type="terminate")))
+        self.assertEqual(body.getAttribute("type"), "terminate")
+        self.assertEqual(len(self.server.sessions), 0)
+        self.assertEqual(bosh_sessions(self.server).sessions, {})

@@ -301,6 +301,11 @@ for _cm in CONNECTION_MANAGERS:
     if _cm in ("c2s", "cl-comp"):
         register(_cm, "connections/<port>/tls/required", "B", True,
                  "Require STARTTLS before authentication on a plain port.")
+register("cl-comp", "heartbeat-interval", "F", 1.0, "Seconds between heartbeats on a cluster link.", minimum=0.1)
+register("cl-comp", "failure-timeout", "F", 6.0,
+         "Seconds without anything from a node before it is declared dead (its sessions leave the directory).",
+         minimum=0.5)
+register("cl-comp", "drain-timeout", "F", 5.0, "Seconds a stopping node waits for its clients to move.", minimum=0)
 register("bosh", "send-node-hostname", "B", True,
          "Send this node's name as ``host`` in the session-creation response, so clients reach the same node.")
 register("bosh", "max-wait", "I", 30, "Longest ``wait`` granted to a client, in seconds.", minimum=1)

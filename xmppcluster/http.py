@@ -18,17 +18,21 @@ if TYPE_CHECKING:
 
 def build_site(server: XMPPServer, listener: Listener) -> Site:
     """The Site for one BOSH or ws2s listener."""
-    from xmppcluster.streams.bosh import BoshResource
+    from xmppcluster.streams.bosh import limited_request
     from xmppcluster.streams.websocket import websocket_resource, websocket_root
 
     if listener.component == "ws2s":
         root = websocket_root(server, listener)
     else:
+        from xmppcluster.streams.bosh import BoshResource
+
         root = Resource()
         bosh = BoshResource(server, listener)
         root.putChild(b"http-bind", bosh)
         root.putChild(b"xmpp-websocket", websocket_resource(server, listener))
     site = Site(root)
+    # Stop storing a request body once it passes the BOSH limit (the stanza limit bounds WebSocket).
+    site.requestFactory = limited_request(server.config.get("bosh", "max-body-size"))
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -74,6 +74,8 @@ class XMPPServer:
             clock=clock,
         )
         self.modules: dict[str, Module] = {}
+        #: The node's cluster membership (xmppcluster.cluster.node.Cluster) in cluster mode, else None.
+        self.cluster: Any = None
 
     # -- domains ---------------------------------------------------------------------------------
 

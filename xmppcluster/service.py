@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
@@ -42,6 +42,11 @@ class ServerService(service.MultiService):
         self.server = XMPPServer(self.config, storage, self.certs, clock=self.reactor)
         self.server.load_modules()
         self.server.start()
+        if self.config.cluster_mode:
+            from xmppcluster.cluster.node import Cluster
+
+            self.server.cluster = Cluster(self.server, reactor=self.reactor)
+            await self.server.cluster.start()
         for listener in self.config.all_listeners():
             factory = self._factory(listener)
             if factory is None or listener.type != "accept":
@@ -60,6 +65,8 @@ class ServerService(service.MultiService):
             from xmppcluster.streams.tcp import ClientFactory
 
             return ClientFactory(self.server, listener)
+        if listener.component == "cl-comp":
+            return self.server.cluster.factory() if self.server.cluster is not None else None
         if listener.component in ("bosh", "ws2s"):
             from xmppcluster.http import build_site
 
@@ -68,7 +75,7 @@ class ServerService(service.MultiService):
 
     def _endpoint(self, listener: Listener, interface: str) -> Any:
         host = "" if interface == "*" else interface
-        if listener.tls:
+        if listener.tls or listener.component == "cl-comp":  # cluster links are always TLS
             return SSL4ServerEndpoint(self.reactor, listener.port, self.certs.server_creator(), interface=host)
         if ":" in host:
             return TCP6ServerEndpoint(self.reactor, listener.port, interface=host)
@@ -84,11 +91,29 @@ class ServerService(service.MultiService):
         for port in self.ports:
             await port.stopListening()
         self.ports.clear()
-        if self.server is not None:
-            for stream in list(self.server.streams):
-                stream.fail("system-shutdown")
-            self.server.stop()
-            await self.server.storage.close()
+        server = self.server
+        if server is None:
+            return
+        if server.cluster is not None:
+            await self._drain(server)
+        for stream in list(server.streams):
+            stream.fail("system-shutdown")
+        if server.cluster is not None:
+            await server.cluster.stop()
+        server.stop()
+        await server.storage.close()
+
+    async def _drain(self, server: Any) -> None:
+        """Send every client to a live node (see-other-host / see-other-uri), then wait for them to go."""
+        peer = server.cluster.live_peer()
+        if peer is None or not server.streams:
+            return
+        log.info("draining {n} client streams to {peer}", n=len(server.streams), peer=peer)
+        for stream in list(server.streams):
+            stream.redirect(peer)
+        deadline = self.reactor.seconds() + float(self.config.get("cl-comp", "drain-timeout"))
+        while server.streams and self.reactor.seconds() < deadline:
+            await task.deferLater(self.reactor, 0.05, lambda: None)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,10 @@ class Session:
     """One bound resource. Transport-neutral: delivery goes through the stream core."""
 
     __slots__ = ("user", "domain", "resource", "bare", "jid", "stream", "priority", "presence",
-                 "interested", "directed", "order", "data")
+                 "_interested", "directed", "order", "bound_at", "data")
+
+    #: Local sessions live on this node; remote ones (xmppcluster.cluster.directory) on another.
+    node: str | None = None
 
     def __init__(self, user: str, domain: str, resource: str, stream: ClientStream) -> None:
         self.user = user
@@ -30,17 +34,35 @@ class Session:
         self.priority = 0
         #: Last broadcast presence (available), or None while unavailable.
         self.presence: domish.Element | None = None
-        #: True once the client asked for its roster (RFC 6121 "interested resource").
-        self.interested = False
+        self._interested = False
         #: Full or bare JIDs that got directed presence from this resource (RFC 6121 §4.6).
         self.directed: set[str] = set()
         self.order = next(_order)
+        #: Wall-clock bind time: the older of two sessions with one full JID is the one replaced.
+        self.bound_at = time.time()
         #: Per-module state, keyed by module name.
         self.data: dict[str, object] = {}
 
     @property
     def available(self) -> bool:
         return self.presence is not None
+
+    @property
+    def interested(self) -> bool:
+        """True once the client asked for its roster (RFC 6121 "interested resource")."""
+        return self._interested
+
+    @interested.setter
+    def interested(self, value: bool) -> None:
+        if value != self._interested:
+            self._interested = value
+            server = getattr(self.stream, "server", None)
+            if server is not None:
+                server.hooks.fire("session/interested", self)
+
+    def replaced(self) -> None:
+        """Another session took this full JID: detach it from the registry's point of view."""
+        self.stream.session_replaced()
 
     def deliver(self, stanza: domish.Element) -> None:
         """Send a stanza to this resource's client."""

@@ -51,10 +51,8 @@ xmpp.on("online", async (address) => {
     const roster = await xmpp.iqCaller.get(xml("query", "jabber:iq:roster"));
     result.roster = { type: "result", items: roster.getChildren("item").length };
   } catch (err) {
+    // An error answer still proves the IQ round trip; the Python test decides what it expects.
     result.roster = { type: "error", condition: String(err.condition || err.message) };
-    result.error = "roster";
-    finish();
-    return;
   }
   await xmpp.send(xml("presence"));
   emit({ event: "online", jid: result.jid });

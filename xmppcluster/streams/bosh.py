@@ -134,6 +134,7 @@ class BoshSessions:
         newkey = body.getAttribute("newkey")
         session = BoshSession(self, sid, peer, secure, rid, terms, newkey.lower() if newkey else None,
                               self.server.node_name if settings.send_host else None)
+        session.port = getattr(exchange.request.getHost(), "port", None)
         self.sessions[sid] = session
         self.per_ip[peer] += 1
         self._owners[sid] = peer

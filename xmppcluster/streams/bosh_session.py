@@ -157,6 +157,7 @@ class BoshSession:
     def __init__(self, manager: BoshSessions, sid: str, peer: str, secure: bool, rid: int, terms: Terms,
                  key: str | None, host: str | None) -> None:
         self.manager = manager
+        self.port: int | None = None  # the HTTP port the session was created on
         self.server = manager.server
         self.clock = manager.server.clock
         self.sid = sid
@@ -208,13 +209,13 @@ class BoshSession:
         if self.closed:
             return
         if error is None:
-            self.terminate(None)
+            self.terminate(None, notify_core=False)
             return
         condition = next((child.name for child in error.elements() if child.uri == ns.STREAM_ERRORS), None)
         if condition == "system-shutdown":
-            self.terminate("system-shutdown", list(self.queue))
+            self.terminate("system-shutdown", list(self.queue), notify_core=False)
         else:
-            self.terminate("remote-stream-error", [*self.queue, error])
+            self.terminate("remote-stream-error", [*self.queue, error], notify_core=False)
 
     def restart_stream(self) -> None:
         """BOSH restarts come as ``xmpp:restart='true'`` requests; nothing to reset here."""
@@ -484,8 +485,14 @@ class BoshSession:
                  condition=condition, text=text)
         self.terminate(condition, trigger=trigger, notify_core=True)
 
+    def redirect_to(self, node: str) -> None:
+        """End the session with see-other-uri naming the same endpoint on another cluster node."""
+        scheme = "https" if self.secure else "http"
+        port = f":{self.port}" if self.port else ""
+        self.terminate("see-other-uri", uri=f"{scheme}://{node}{port}/http-bind")
+
     def terminate(self, condition: str | None, children: list[domish.Element] | None = None, *,
-                  trigger: Exchange | None = None, notify_core: bool = False, uri: str | None = None) -> None:
+                  trigger: Exchange | None = None, notify_core: bool = True, uri: str | None = None) -> None:
         """End the session with a terminal binding condition (None: a clean end, as after a client terminate).
 
         The oldest open request (or ``trigger``) carries the ``type='terminate'`` body; the other open

@@ -183,6 +183,30 @@ class ClientStream:
         self.transport.close_stream(stream_error(condition, text))
         self._finish(f"stream error {condition}")
 
+    def redirect(self, node: str) -> None:
+        """Send the client to another node and close (RFC 6120 §4.9.3.19; RFC 7395 see-other-uri).
+
+        A transport with its own redirect (WebSocket, BOSH) implements ``redirect_to(node)``;
+        otherwise a ``<see-other-host/>`` stream error names the node and this listener's port.
+        """
+        if self.state == "closed":
+            return
+        own = getattr(self.transport, "redirect_to", None)
+        if own is not None:
+            own(node)
+            if self.state != "closed":
+                self._finish(f"redirected to {node}")
+            return
+        listener = getattr(self.transport, "listener", None)
+        port = getattr(listener, "port", 5222)
+        error = domish.Element((ns.STREAMS, "error"))
+        error.addElement((ns.STREAM_ERRORS, "see-other-host"), content=node if port == 5222 else f"{node}:{port}")
+        if self.state == "header":
+            self.transport.open_stream({"from": self.domain or "", "id": self.id, "version": "1.0"})
+        log.info("c2s stream {id} ({who}) redirected to {node}", id=self.id, who=self._who(), node=node)
+        self.transport.close_stream(error)
+        self._finish(f"redirected to {node}")
+
     def close(self, reason: str = "closed") -> None:
         """Close cleanly: end our stream too."""
         if self.state == "closed":
@@ -357,7 +381,7 @@ class ClientStream:
         previous = self.server.sessions.bind(session)
         if previous is not None:
             # RFC 6120 §7.7.2.2: the newest session wins; the older one gets <conflict/>.
-            previous.stream.session_replaced()
+            previous.replaced()
             previous.close("conflict", "replaced by a new session with the same resource")
         self.state = "established"
         if self._unauth_timer.active():

@@ -256,6 +256,11 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         if stream is not None:
             stream.connection_lost(f"redirected to {uri}")
 
+    def redirect_to(self, node: str) -> None:
+        """Send the client to the same endpoint on another cluster node (every node has one layout)."""
+        scheme = "wss" if self.listener.tls else "ws"
+        self.redirect(f"{scheme}://{node}:{self.listener.port}/xmpp-websocket")
+
     def restart_stream(self) -> None:
         self._opened = False
 

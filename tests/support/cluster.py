@@ -1,0 +1,123 @@
+"""Several real ``twistd`` nodes on loopback serving one domain, sharing one database.
+
+PostgreSQL (a fresh schema) when reachable, else one SQLite file: the issue's fallback.
+Node names t1.example.com, t2.example.com, ... resolve nowhere, so ``--cluster-nodes`` gives each an
+address (its fourth field). Every node gets its own ports; SIGKILL and SIGTERM are real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import TestCase
+
+from tests.support.certs import make_cert
+from tests.support.databases import new_pg_schema, postgres_skip_reason
+from tests.support.process import Twistd, wait_for_port
+from tests.support.server import free_port, test_ca
+from xmppcluster.storage import open_storage
+
+DOMAIN = "example.com"
+
+
+@dataclass
+class Node:
+    name: str
+    config: str
+    ports: dict[str, int]
+    process: Twistd | None = None
+
+
+@dataclass
+class ClusterFixture:
+    test: TestCase
+    directory: str
+    db_uri: str
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    @property
+    def ca_file(self) -> str:
+        return os.path.join(self.directory, "ca.pem")
+
+    def start(self, name: str, *, wait: bool = True) -> Node:
+        node = self.nodes[name]
+        node.process = Twistd(self.directory, node.config, f"--node-name={name}")
+        if wait:
+            wait_for_port(node.ports["c2s"])
+        return node
+
+    def kill(self, name: str) -> None:
+        self.nodes[name].process.stop(signal.SIGKILL)
+
+    def terminate(self, name: str) -> int | None:
+        return self.nodes[name].process.stop(signal.SIGTERM, timeout=20)
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            if node.process is not None:
+                node.process.stop(signal.SIGKILL)
+
+    def log(self, name: str) -> str:
+        return self.nodes[name].process.output()
+
+    async def add_users(self, *jids: str, password: str) -> None:
+        storage = await open_storage(self.db_uri, scram_iterations=4096)
+        try:
+            for jid in jids:
+                user, _, domain = jid.partition("@")
+                await storage.accounts.create(user, domain, password)
+        finally:
+            await storage.close()
+
+
+def make_cluster(test: TestCase, count: int = 2, extra: str = "", *, heartbeat: float = 0.2,
+                 failure_timeout: float = 1.5) -> ClusterFixture:
+    directory = tempfile.mkdtemp(prefix="cluster-", dir=os.getcwd())
+    certs = os.path.join(directory, "certs")
+    os.mkdir(certs)
+    names = [f"t{i}.example.com" for i in range(1, count + 1)]
+    make_cert(test_ca(), [DOMAIN, *names], os.path.join(certs, "default.pem"))
+    with open(os.path.join(directory, "ca.pem"), "wb") as out:
+        out.write(test_ca().root_pem())
+    if postgres_skip_reason() is None:
+        db_uri = new_pg_schema(test)[1]
+    else:
+        db_uri = f"sqlite:///{os.path.join(directory, 'shared.sqlite')}"
+    ports = {name: {k: free_port() for k in ("c2s", "c2s_tls", "bosh", "ws2s", "cluster")} for name in names}
+    members = ",".join(f"{n}:secret-{n}:{ports[n]['cluster']}:127.0.0.1" for n in names)
+    fixture = ClusterFixture(test, directory, db_uri)
+    for name in names:
+        p = ports[name]
+        lines = [
+            f"--virt-hosts={DOMAIN}", "--cluster-mode=true", f"--cluster-nodes={members}",
+            f"--user-db-uri={db_uri}", f"--ssl-certs-location={certs}",
+            "--auth-failure-delay=0.05", "--auth-failure-max-delay=0.2",
+            f"c2s/connections/ports[i]={p['c2s']},{p['c2s_tls']}", f"c2s/connections/{p['c2s_tls']}/socket=ssl",
+            f"bosh/connections/ports[i]={p['bosh']}", f"ws2s/connections/ports[i]={p['ws2s']}",
+            f"cl-comp/connections/ports[i]={p['cluster']}",
+            f"cl-comp/heartbeat-interval[F]={heartbeat}", f"cl-comp/failure-timeout[F]={failure_timeout}",
+            "cl-comp/drain-timeout[F]=3",
+        ]
+        for key in ("c2s", "c2s_tls", "bosh", "ws2s", "cluster"):
+            component = {"c2s_tls": "c2s", "cluster": "cl-comp"}.get(key, key)
+            lines.append(f"{component}/connections/{p[key]}/ifc[s]=127.0.0.1")
+        config = os.path.join(directory, f"{name}.properties")
+        with open(config, "w") as out:
+            out.write("\n".join(lines) + "\n" + extra)
+        fixture.nodes[name] = Node(name, config, p)
+    test.addCleanup(fixture.stop_all)
+    return fixture
+
+
+async def migrate(fixture: ClusterFixture) -> None:
+    """Open the shared database once so its schema exists before nodes race to create it."""
+    storage = await open_storage(fixture.db_uri)
+    await storage.close()
+
+
+def run(coro):
+    return ensureDeferred(coro)

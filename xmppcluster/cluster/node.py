@@ -1,0 +1,370 @@
+"""This node's place in the cluster: links to peers, the replicated directory, failure handling.
+
+- Peers come from ``--cluster-nodes`` (static) or, when that is empty, from the ``cluster_nodes``
+  table of the shared database (each node heartbeats its row; stale rows are ignored).
+- The node whose name sorts first in a pair connects; the other accepts. Reconnects back off.
+- Local session events (bound, presence/interest changes, unbound) are sent to every peer; each peer
+  mirrors them as :class:`~xmppcluster.cluster.directory.RemoteSession` entries.
+- Stanzas to remote sessions travel as ``<r>`` on the owner's link (or via a peer that still sees the
+  owner when the direct link is cut). Routed messages are kept until the peer acknowledges them; if
+  the peer dies first they are routed again (to another resource, or offline storage).
+- A node is dead when this node has no link to it and no live peer reports one. Its sessions leave the
+  directory; the first live node by name sends their unavailable presence, so it happens once.
+"""
+
+from __future__ import annotations
+
+import secrets as _secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from xml.sax.saxutils import quoteattr
+
+from twisted.internet import defer
+from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from xmppcluster.cluster import protocol as wire
+from xmppcluster.cluster.directory import Directory, describe
+from xmppcluster.cluster.link import Link, LinkFactory
+from xmppcluster.config import ClusterNode
+
+if TYPE_CHECKING:
+    from xmppcluster.server import XMPPServer
+    from xmppcluster.sessions import Session
+
+log = Logger()
+
+ROUTED_TYPES_KEPT = frozenset((None, "normal", "chat"))
+
+
+class Cluster:
+    """Membership, links and the directory of one node."""
+
+    def __init__(self, server: XMPPServer, *, reactor: Any) -> None:
+        config = server.config
+        self.server = server
+        self.reactor = reactor
+        self.clock = server.clock
+        self.name = server.node_name
+        self.heartbeat_interval = float(config.get("cl-comp", "heartbeat-interval"))
+        self.failure_timeout = float(config.get("cl-comp", "failure-timeout"))
+        self.static = bool(config.cluster_nodes)
+        self.members: dict[str, ClusterNode] = {n.name: n for n in config.cluster_nodes}
+        me = self.members.get(self.name)
+        self.secret = me.secret if me is not None and me.secret else None
+        self.links: dict[str, Link] = {}
+        self.directory = Directory(self)
+        self.started_at = time.time()
+        self.dead: set[str] = set()
+        self._outbox: dict[str, deque[tuple[int, domish.Element]]] = {}
+        self._sent: dict[str, int] = {}
+        self._connecting: dict[str, Any] = {}
+        self._backoff: dict[str, float] = {}
+        self._suspects: dict[str, float] = {}
+        self._stopping = False
+        self._sweeper = None
+        self.store = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from xmppcluster.cluster.membership import MembershipStore
+
+        self.store = MembershipStore(self.server.storage.db)
+        if self.secret is None and not self.static:
+            self.secret = _secrets.token_hex(32)
+        await self.publish()
+        if not self.static:
+            await self.refresh_members()
+        hooks = self.server.hooks
+        hooks.add("session/bound", self._local_bound, 1000)
+        hooks.add("presence/broadcast", self._local_state, 1000)
+        hooks.add("session/interested", self._local_interest, 1000)
+        hooks.add("session/unbound", self._local_unbound, 1000)
+        hooks.add("roster/changed", self._roster_changed, -1000)
+        self._sweeper = self.clock.callLater(0, self._sweep)
+        log.info("cluster node {name}: peers {peers}", name=self.name,
+                 peers=", ".join(sorted(self.peers())) or "none yet")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        for pending in self._connecting.values():
+            if hasattr(pending, "cancel"):
+                pending.cancel()
+        for link in list(self.links.values()):
+            link.send(b"</stream:stream>")
+            link.transport.loseConnection()
+        if self.store is not None:
+            await self.store.leave(self.name)
+
+    def factory(self) -> LinkFactory:
+        return LinkFactory(self)
+
+    # -- membership --------------------------------------------------------------------------------
+
+    def peers(self) -> list[str]:
+        return [name for name in self.members if name != self.name]
+
+    def knows(self, name: str) -> bool:
+        return name in self.members and name != self.name
+
+    def should_accept(self, peer: str) -> bool:
+        return peer < self.name
+
+    def key_for(self, peer: str) -> bytes:
+        member = self.members[peer]
+        return wire.link_key((self.name, self.secret), (peer, member.secret))
+
+    async def publish(self) -> None:
+        """Heartbeat this node's row in the cluster_nodes table (discovery and cluster-status)."""
+        me = self.members.get(self.name)
+        port = self._cluster_port()
+        links = {name: self.directory.count(name) for name in self.links}
+        await self.store.heartbeat(self.name, address=me.address if me else None, port=port,
+                                   secret=None if self.static else self.secret, started_at=self.started_at,
+                                   sessions=sum(1 for s in self.server.sessions if s.node is None),
+                                   links=links)
+
+    async def refresh_members(self) -> None:
+        rows = await self.store.live(max_age=max(3 * self.failure_timeout, 15.0))
+        for row in rows:
+            if row.name != self.name:
+                self.members[row.name] = ClusterNode(row.name, row.secret, row.port or 5277, row.address)
+
+    def _cluster_port(self) -> int:
+        ports = [listener.port for listener in self.server.config.listeners("cl-comp")]
+        return ports[0] if ports else 5277
+
+    def _sweep(self) -> None:
+        """Periodic: connect to peers we initiate to, publish our row, judge silent nodes."""
+        if self._stopping:
+            return
+        for peer in self.peers():
+            if peer not in self.links and peer not in self._connecting and not self.should_accept(peer):
+                self._connect(peer)
+        self._judge()
+        defer.ensureDeferred(self._publish_and_refresh()).addErrback(
+            lambda f: log.failure("cluster membership update failed", f))
+        self._sweeper = self.clock.callLater(self.heartbeat_interval, self._sweep)
+
+    async def _publish_and_refresh(self) -> None:
+        await self.publish()
+        if not self.static:
+            await self.refresh_members()
+
+    def _connect(self, peer: str) -> None:
+        member = self.members[peer]
+        delay = self._backoff.get(peer, 0.0)
+        self._connecting[peer] = self.clock.callLater(delay, self._dial, peer, member)
+
+    def _dial(self, peer: str, member: ClusterNode) -> None:
+        # Peers are authenticated by the proof inside TLS (link.py), not by certificate.
+        options = CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_3, verify=False)
+        endpoint = SSL4ClientEndpoint(self.reactor, member.address or member.name, member.port, options,
+                                      timeout=max(1, int(self.failure_timeout)))
+        attempt = endpoint.connect(_OneLink(self, peer))
+        self._connecting[peer] = attempt
+
+        def failed(failure: Any) -> None:
+            self._connecting.pop(peer, None)
+            self._backoff[peer] = min(10.0, max(0.25, self._backoff.get(peer, 0.0) * 2))
+            log.debug("cluster: cannot reach {peer}: {why}", peer=peer, why=failure.getErrorMessage())
+
+        attempt.addCallbacks(lambda _: self._connecting.pop(peer, None), failed)
+
+    # -- link events -------------------------------------------------------------------------------
+
+    def link_up(self, link: Link) -> None:
+        peer = link.peer
+        old = self.links.get(peer)
+        if old is not None and old is not link:
+            old.abort("replaced by a new link")
+        self.links[peer] = link
+        self._backoff.pop(peer, None)
+        self._suspects.pop(peer, None)
+        self.dead.discard(peer)
+        self._sent[peer] = 0
+        self._outbox[peer] = deque()
+        local = [s for s in self.server.sessions if s.node is None]
+        link.send(b"<sync>" + b"".join(describe(s) for s in local) + b"</sync>")
+        log.info("cluster: link to {peer} up ({n} local sessions sent)", peer=peer, n=len(local))
+
+    def link_lost(self, link: Link, why: str) -> None:
+        peer = link.peer
+        if peer is None or self.links.get(peer) is not link:
+            return
+        del self.links[peer]
+        unacked = [stanza for _, stanza in self._outbox.pop(peer, ())]
+        if not self._stopping:
+            log.warn("cluster: link to {peer} down: {why}", peer=peer, why=why)
+            self._suspects[peer] = self.clock.seconds()
+            self._connecting.pop(peer, None)
+            self._judge()
+        for stanza in unacked:
+            self.server.router.route(stanza)
+
+    def _judge(self) -> None:
+        """Declare dead the suspects that no live peer still reaches."""
+        for peer in list(self._suspects):
+            if peer in self.links:
+                self._suspects.pop(peer)
+                continue
+            if any(peer in link.peer_links for link in self.links.values()):
+                continue  # alive behind another node: stanzas go through it
+            self._suspects.pop(peer)
+            self._declare_dead(peer)
+
+    def _declare_dead(self, peer: str) -> None:
+        gone = self.directory.drop_node(peer)
+        self.dead.add(peer)
+        survivors = sorted([self.name, *self.links])
+        announcer = survivors[0] == self.name
+        log.warn("cluster: node {peer} is down; {n} sessions removed{who}", peer=peer, n=len(gone),
+                 who=" (this node announces them unavailable)" if announcer else "")
+        if announcer:
+            for remote in gone:
+                self.server.hooks.fire("session/unbound", remote, f"node {peer} down")
+
+    def acknowledged(self, link: Link, count: int) -> None:
+        outbox = self._outbox.get(link.peer)
+        while outbox and outbox[0][0] <= count:
+            outbox.popleft()
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    def routed(self, link: Link, element: domish.Element) -> None:
+        target = element.getAttribute("node")
+        stanza = next(element.elements(), None)
+        if stanza is None:
+            return
+        if target and target != self.name:
+            self.route_to(target, stanza)  # relay for a peer that lost its direct link
+            return
+        stanza.parent = None
+        to = stanza.getAttribute("to") or ""
+        bare, _, resource = to.partition("/")
+        session = self.server.sessions.get(bare, resource) if resource else None
+        if session is not None and session.node is None:
+            session.deliver(stanza)
+        else:
+            self.server.router.route(stanza)
+
+    def event(self, link: Link, element: domish.Element) -> None:
+        name, peer = element.name, link.peer
+        if name == "bound":
+            self.directory.bound(peer, element)
+        elif name == "state":
+            self.directory.state(peer, element)
+        elif name == "unbound":
+            self.directory.unbound(peer, element.getAttribute("jid") or "")
+        elif name == "sync":
+            self.directory.sync(peer, element)
+        elif name == "kick":
+            self._kick(element.getAttribute("jid") or "", element.getAttribute("condition") or "conflict")
+        elif name == "event":
+            self.server.hooks.fire(f"remote/{element.getAttribute('name')}", element)
+        elif name == "relay":
+            target = element.getAttribute("node")
+            inner = next(element.elements(), None)
+            if target in self.links and inner is not None:
+                self.links[target].send(inner.toXml(defaultUri=wire.NS).encode())
+        else:
+            self.server.hooks.fire(f"cluster/{name}", peer, element)
+
+    def _kick(self, jid: str, condition: str) -> None:
+        bare, _, resource = jid.partition("/")
+        session = self.server.sessions.get(bare, resource)
+        if session is not None and session.node is None:
+            session.close(condition, "replaced by a newer session on another node")
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def route_to(self, node: str, stanza: domish.Element) -> None:
+        """Deliver a stanza to a session on ``node``: one hop, or two through a peer that reaches it."""
+        body = stanza.toXml(defaultUri="")
+        link = self.links.get(node)
+        if link is not None:
+            self._sent[node] += 1
+            if stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT:
+                self._outbox[node].append((self._sent[node], stanza))
+            link.send(f"<r>{body}</r>".encode())
+            return
+        relay = self._relay_for(node)
+        if relay is not None:
+            relay.send(f"<r node={quoteattr(node)}>{body}</r>".encode())
+            return
+        # The owner is gone: forget its sessions now and route again (offline storage, other resources).
+        self.directory.drop_node(node)
+        self.server.router.route(stanza)
+
+    def send_event(self, node: str, xml: str) -> None:
+        link = self.links.get(node)
+        if link is not None:
+            link.send(xml.encode())
+        else:
+            relay = self._relay_for(node)
+            if relay is not None:
+                relay.send(f"<relay node={quoteattr(node)}>{xml}</relay>".encode())
+
+    def _relay_for(self, node: str) -> Link | None:
+        """A live peer that reports a link to ``node``."""
+        return next((link for link in self.links.values() if node in link.peer_links), None)
+
+    def broadcast(self, data: bytes) -> None:
+        for link in self.links.values():
+            link.send(data)
+
+    # -- local events (hooks; they observe, never handle) ------------------------------------------
+
+    def _local_bound(self, session: Session) -> bool:
+        if session.node is None:
+            self.broadcast(describe(session))
+        return False
+
+    def _local_state(self, stanza: domish.Element, session: Session) -> bool:
+        if session.node is None:
+            self.broadcast(describe(session, "state"))
+        return False
+
+    def _local_interest(self, session: Session) -> bool:
+        if session.node is None:
+            self.broadcast(describe(session, "state"))
+        return False
+
+    def _local_unbound(self, session: Session, reason: str) -> bool:
+        if session.node is None:
+            self.broadcast(f"<unbound jid={quoteattr(session.jid)}/>".encode())
+        return False
+
+    def _roster_changed(self, owner: str, contact: str) -> bool:
+        self.broadcast(f"<event name='roster/changed' owner={quoteattr(owner)} "
+                       f"contact={quoteattr(contact)}/>".encode())
+        return False
+
+    # -- draining ----------------------------------------------------------------------------------
+
+    def live_peer(self) -> str | None:
+        """A node to send clients to when this one stops."""
+        live = sorted(self.links)
+        return live[0] if live else None
+
+    def status(self) -> dict:
+        return {"node": self.name, "links": sorted(self.links), "dead": sorted(self.dead),
+                "sessions": {name: self.directory.count(name) for name in self.links}}
+
+
+class _OneLink(LinkFactory):
+    """Client-side factory for one outgoing link."""
+
+    def __init__(self, cluster: Cluster, peer: str) -> None:
+        super().__init__(cluster)
+        self.peer = peer
+
+    def buildProtocol(self, addr: Any) -> Link:
+        return Link(self.cluster, self.peer)
+
