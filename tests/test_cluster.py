@@ -106,3 +106,32 @@ class TwoNodeTests(ClusterTestCase):
             return first.error_condition()
 
         return deferToThread(scenario).addCallback(self.assertEqual, "conflict")
+
+
+class BoshAnyNodeTests(ClusterTestCase):
+    def test_bosh_session_created_on_t1_continues_on_t2(self) -> None:
+        from tests.clients.bosh import BoshClient
+
+        def url(node: str) -> str:
+            return f"http://127.0.0.1:{self.cluster.nodes[node].ports['bosh']}/http-bind"
+
+        def scenario():
+            bob = self.client("t2.example.com", "bob", "b")
+            web = BoshClient(DOMAIN)
+            jid = web.login([url("t1.example.com"), url("t2.example.com")], "alice", PASSWORD, "web")
+            web.post(url("t2.example.com"), payload=f"<message xmlns='jabber:client' to='bob@{DOMAIN}/b' "
+                                                     f"type='chat'><body>via t2</body></message>")
+            got = bob.until("{jabber:client}message")
+            bob.send(f"<message to='{jid}' type='chat'><body>back</body></message>")
+            replies = web.children(url("t2.example.com"), "message")
+            return web.created, jid, got, replies
+
+        return deferToThread(scenario).addCallback(self._check)
+
+    def _check(self, result) -> None:
+        created, jid, got, replies = result
+        self.assertEqual(created.get("host"), "t1.example.com")  # the owner node, as bosh/send-node-hostname says
+        self.assertEqual(jid, f"alice@{DOMAIN}/web")
+        self.assertEqual(got.get("from"), jid)
+        self.assertEqual(got.find(BODY).text, "via t2")
+        self.assertEqual([r.find(BODY).text for r in replies if r.tag == "{jabber:client}message"], ["back"])

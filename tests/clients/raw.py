@@ -182,27 +182,14 @@ class RawClient:
     def scram(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256", *, binding: str | None = None,
               binding_data: bytes | None = None) -> ET.Element:
         """A whole SCRAM exchange; returns <success/> or <failure/>."""
-        hash_name = "sha256" if "SHA-256" in mechanism else "sha1"
-        gs2 = f"p={binding},," if binding else "n,,"
-        nonce = base64.b64encode(os.urandom(18)).decode()
-        first_bare = f"n={user},r={nonce}"
-        self.send(f"<auth xmlns='{SASL}' mechanism='{mechanism}'>"
-                  f"{base64.b64encode((gs2 + first_bare).encode()).decode()}</auth>")
+        if binding and binding_data is None:
+            binding_data = self.channel_binding(binding)
+        scram = Scram(user, password, mechanism, binding=binding, binding_data=binding_data)
+        self.send(f"<auth xmlns='{SASL}' mechanism='{mechanism}'>{scram.first()}</auth>")
         challenge = self.next()
         if challenge.tag != q(SASL, "challenge"):
             return challenge
-        server_first = base64.b64decode(challenge.text or "").decode()
-        fields = dict(part.split("=", 1) for part in server_first.split(","))
-        salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
-        cbind = gs2.encode() + (binding_data if binding_data is not None else
-                                (self.channel_binding(binding) if binding else b""))
-        final_bare = f"c={base64.b64encode(cbind).decode()},r={fields['r']}"
-        auth_message = f"{first_bare},{server_first},{final_bare}".encode()
-        client_key = hmac.digest(salted, b"Client Key", hash_name)
-        signature = hmac.digest(hashlib.new(hash_name, client_key).digest(), auth_message, hash_name)
-        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        final = f"{final_bare},p={base64.b64encode(proof).decode()}"
-        self.send(f"<response xmlns='{SASL}'>{base64.b64encode(final.encode()).decode()}</response>")
+        self.send(f"<response xmlns='{SASL}'>{scram.final(challenge.text or '')}</response>")
         return self.next()
 
     def plain(self, user: str, password: str) -> ET.Element:
@@ -229,3 +216,32 @@ class RawClient:
 
 def mechanisms(features: ET.Element) -> list[str]:
     return [m.text for m in features.iter(q(SASL, "mechanism"))]
+
+
+class Scram:
+    """The client side of SCRAM (RFC 5802), base64 in and out."""
+
+    def __init__(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256", *, binding: str | None = None,
+                 binding_data: bytes | None = None) -> None:
+        self.hash = "sha256" if "SHA-256" in mechanism else "sha1"
+        self.password = password
+        self.gs2 = f"p={binding},," if binding else "n,,"
+        self.binding_data = binding_data or b""
+        self.nonce = base64.b64encode(os.urandom(18)).decode()
+        self.first_bare = f"n={user},r={self.nonce}"
+
+    def first(self) -> str:
+        return base64.b64encode((self.gs2 + self.first_bare).encode()).decode()
+
+    def final(self, challenge: str) -> str:
+        server_first = base64.b64decode(challenge).decode()
+        fields = dict(part.split("=", 1) for part in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac(self.hash, self.password.encode(), base64.b64decode(fields["s"]),
+                                     int(fields["i"]))
+        cbind = self.gs2.encode() + self.binding_data
+        final_bare = f"c={base64.b64encode(cbind).decode()},r={fields['r']}"
+        auth_message = f"{self.first_bare},{server_first},{final_bare}".encode()
+        client_key = hmac.digest(salted, b"Client Key", self.hash)
+        signature = hmac.digest(hashlib.new(self.hash, client_key).digest(), auth_message, self.hash)
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        return base64.b64encode(f"{final_bare},p={base64.b64encode(proof).decode()}".encode()).decode()

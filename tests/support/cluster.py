@@ -45,7 +45,7 @@ class ClusterFixture:
 
     def start(self, name: str, *, wait: bool = True) -> Node:
         node = self.nodes[name]
-        node.process = Twistd(self.directory, node.config, f"--node-name={name}")
+        node.process = Twistd(self.directory, node.config, f"--node-name={name}", name=name)
         if wait:
             wait_for_port(node.ports["c2s"])
         return node

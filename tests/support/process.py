@@ -27,9 +27,9 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
 class Twistd:
     """One server process with its own working directory and log file."""
 
-    def __init__(self, directory: str, config_path: str, *args: str) -> None:
+    def __init__(self, directory: str, config_path: str, *args: str, name: str = "twistd") -> None:
         self.directory = directory
-        self.log_path = os.path.join(directory, "twistd.log")
+        self.log_path = os.path.join(directory, f"{name}.log")
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "xmppcluster", "--config", config_path, *args],

@@ -66,6 +66,7 @@ class Cluster:
         self._suspects: dict[str, float] = {}
         self._stopping = False
         self._sweeper = None
+        self.bosh = None
         self.store = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -85,6 +86,9 @@ class Cluster:
         hooks.add("session/interested", self._local_interest, 1000)
         hooks.add("session/unbound", self._local_unbound, 1000)
         hooks.add("roster/changed", self._roster_changed, -1000)
+        from xmppcluster.cluster.bosh_forward import BoshForwarder
+
+        self.bosh = BoshForwarder(self)
         self._sweeper = self.clock.callLater(0, self._sweep)
         log.info("cluster node {name}: peers {peers}", name=self.name,
                  peers=", ".join(sorted(self.peers())) or "none yet")
@@ -226,6 +230,7 @@ class Cluster:
         announcer = survivors[0] == self.name
         log.warn("cluster: node {peer} is down; {n} sessions removed{who}", peer=peer, n=len(gone),
                  who=" (this node announces them unavailable)" if announcer else "")
+        self.server.hooks.fire("cluster/node-down", peer)
         if announcer:
             for remote in gone:
                 self.server.hooks.fire("session/unbound", remote, f"node {peer} down")

@@ -130,7 +130,9 @@ class BoshSessions:
             maxpause=settings.max_pause, ver=f"{ver[0]}.{ver[1]}", legacy=client_ver is None,
             client_acks=body.getAttribute("ack") == "1",
             content_type=content if content and _CONTENT.fullmatch(content) else DEFAULT_CONTENT_TYPE)
-        sid = secrets.token_hex(20)
+        from xmppcluster.cluster.bosh_forward import node_tag
+
+        sid = secrets.token_hex(16) + node_tag(self.server.node_name)  # the owner is in the sid (cluster)
         newkey = body.getAttribute("newkey")
         session = BoshSession(self, sid, peer, secure, rid, terms, newkey.lower() if newkey else None,
                               self.server.node_name if settings.send_host else None)
@@ -193,7 +195,8 @@ class BoshResource(Resource):
 
     def __init__(self, server: XMPPServer, listener: Listener | None = None) -> None:
         super().__init__()
-        self.server = server
+        # Not 'self.server': twisted.web's putChild overwrites that attribute.
+        self.xmpp = server
         self.sessions = bosh_sessions(server)
         self.settings = self.sessions.settings
         self.secure = bool(listener is not None and listener.tls)
@@ -255,7 +258,11 @@ class BoshResource(Resource):
             return NOT_DONE_YET
         session = self.sessions.find_session(sid)
         if session is None:
-            exchange.reply(_terminal("item-not-found"))
+            from xmppcluster.cluster.bosh_forward import forwarder_of
+
+            forwarder = forwarder_of(self.xmpp)
+            if forwarder is None or not forwarder.forward(sid, exchange, body, self.secure, _peer(request)):
+                exchange.reply(_terminal("item-not-found"))
             return NOT_DONE_YET
         if session.secure and not self.secure:
             # XEP-0124 §20.1: a secure session's request over plain HTTP: drop it, keep the session.
