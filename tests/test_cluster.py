@@ -135,3 +135,216 @@ class BoshAnyNodeTests(ClusterTestCase):
         self.assertEqual(got.get("from"), jid)
         self.assertEqual(got.find(BODY).text, "via t2")
         self.assertEqual([r.find(BODY).text for r in replies if r.tag == "{jabber:client}message"], ["back"])
+
+
+def subscribe_both(a: RawClient, a_jid: str, b: RawClient, b_jid: str) -> None:
+    """The RFC 6121 handshake both ways, answered by each side."""
+    presence = "{jabber:client}presence"
+
+    def wait_type(client: RawClient, kind: str, frm: str):
+        while True:
+            element = client.until(presence)
+            if element.get("type") == kind and element.get("from", "").split("/")[0] == frm:
+                return element
+
+    a.send(f"<presence to='{b_jid}' type='subscribe'/>")
+    wait_type(b, "subscribe", a_jid)
+    b.send(f"<presence to='{a_jid}' type='subscribed'/>")
+    b.send(f"<presence to='{a_jid}' type='subscribe'/>")
+    wait_type(a, "subscribe", b_jid)
+    a.send(f"<presence to='{b_jid}' type='subscribed'/>")
+
+
+def presences_from(client: RawClient, frm: str, seconds: float) -> list:
+    """Every presence from ``frm`` arriving within ``seconds``."""
+
+    found = []
+    deadline = time.monotonic() + seconds
+    client.raw.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            element = client.next()
+        except TimeoutError:
+            continue
+        if element.tag == "{jabber:client}presence" and element.get("from") == frm:
+            found.append(element)
+    return found
+
+
+class NodeFailureTests(ClusterTestCase):
+    def test_sigkill_unavailable_once_offline_then_rejoin(self) -> None:
+        cluster = self.cluster
+
+        def before_kill():
+            alice = self.client("t1.example.com", "alice", "a")
+            bob = self.client("t2.example.com", "bob", "b")
+            subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
+            presences_from(alice, f"bob@{DOMAIN}/b", 1.0)  # drain what the handshake produced
+            return alice
+
+        def after_kill(alice):
+            started = time.monotonic()
+            seen = presences_from(alice, f"bob@{DOMAIN}/b", 6.0)
+            unavailable = [p for p in seen if p.get("type") == "unavailable"]
+            alice.send(f"<message to='bob@{DOMAIN}' type='chat'><body>while t2 was down</body></message>")
+            return unavailable, time.monotonic() - started
+
+        def rejoin():
+            cluster.start("t2.example.com")
+            self.wait_linked("t2.example.com")
+            self.wait_linked("t1.example.com")
+            bob = self.client("t2.example.com", "bob", "again")
+            message = bob.until("{jabber:client}message")
+            return message
+
+        async def scenario():
+            alice = await deferToThread(before_kill)
+            cluster.kill("t2.example.com")
+            unavailable, _ = await deferToThread(after_kill, alice)
+            self.assertEqual(len(unavailable), 1, "unavailable presence exactly once")
+            message = await deferToThread(rejoin)
+            self.assertEqual(message.find(BODY).text, "while t2 was down")
+            self.assertIsNotNone(message.find("{urn:xmpp:delay}delay"))
+
+        return ensure(scenario())
+
+
+class DrainTests(ClusterTestCase):
+    def test_sigterm_moves_tcp_clients_to_the_other_node(self) -> None:
+        def connect():
+            return self.client("t1.example.com", "alice", "a")
+
+        async def scenario():
+            alice = await deferToThread(connect)
+            waiting = deferToThread(alice.wait_closed)
+            await deferToThread(self.cluster.terminate, "t1.example.com")
+            error = await waiting
+            self.assertIsNotNone(error)
+            target = error.find("{urn:ietf:params:xml:ns:xmpp-streams}see-other-host")
+            self.assertIsNotNone(target)
+            self.assertEqual(target.text.split(":")[0], "t2.example.com")
+            self.assertIn("draining 1 client streams to t2.example.com", self.cluster.log("t1.example.com"))
+
+        return ensure(scenario())
+
+
+def ensure(coro):
+    from twisted.internet.defer import ensureDeferred
+
+    return ensureDeferred(coro)
+
+
+class DiscoveryTests(ClusterTestCase):
+    """No --cluster-nodes: the nodes find each other through the cluster_nodes table."""
+
+    async def setUp(self) -> None:
+        self.cluster = make_cluster(self, 2, discovery=True)
+        await migrate(self.cluster)
+        await self.cluster.add_users(f"alice@{DOMAIN}", f"bob@{DOMAIN}", password=PASSWORD)
+        for name in self.cluster.nodes:
+            self.cluster.start(name, wait=False)
+        for name in self.cluster.nodes:
+            await deferToThread(self.wait_linked, name)
+
+    def test_nodes_discover_each_other_and_route(self) -> None:
+        def scenario():
+            alice = self.client("t1.example.com", "alice", "a")
+            bob = self.client("t2.example.com", "bob", "b")
+            time.sleep(0.5)
+            alice.send(f"<message to='bob@{DOMAIN}/b' type='chat'><body>found you</body></message>")
+            return bob.until("{jabber:client}message").find(BODY).text
+
+        return deferToThread(scenario).addCallback(self.assertEqual, "found you")
+
+    def test_cluster_status_lists_both_nodes(self) -> None:
+        import io
+
+        from xmppcluster.cluster.status import status
+        from xmppcluster.config import load
+
+        def listed(lines: list[str]) -> bool:
+            return (any(line.startswith("t1.example.com") and " up " in line and "t2.example.com:0" in line
+                        for line in lines)
+                    and any(line.startswith("t2.example.com") and "t1.example.com:0" in line for line in lines))
+
+        async def scenario():
+            config = load(self.cluster.nodes["t1.example.com"].config, {"--cluster-mode": "false"})
+            for _ in range(40):  # rows are refreshed every heartbeat
+                out = io.StringIO()
+                self.assertEqual(await status(config, out), 0)
+                lines = out.getvalue().splitlines()
+                if listed(lines):
+                    break
+                await deferToThread(time.sleep, 0.1)
+            self.assertTrue(listed(lines), lines)
+
+        return ensure(scenario())
+
+
+class PartitionTests(ClusterTestCase):
+    """t1 reaches t3 only through a proxy we can cut; t2 sees both all along."""
+
+    nodes = 3
+
+    async def setUp(self) -> None:
+        from tests.support.cluster import CuttableLink
+        from tests.support.server import free_port
+
+        proxy_port = free_port()
+        self.cluster = make_cluster(self, 3, via={("t1.example.com", "t3.example.com"): proxy_port})
+        self.proxy = CuttableLink(proxy_port, self.cluster.ports["t3.example.com"]["cluster"])
+        self.proxy.heal()
+        self.addCleanup(self.proxy.cut)
+        await migrate(self.cluster)
+        await self.cluster.add_users(*(f"{u}@{DOMAIN}" for u in ("alice", "bob", "carol")), password=PASSWORD)
+        for name in self.cluster.nodes:
+            self.cluster.start(name, wait=False)
+        for name in self.cluster.nodes:
+            await deferToThread(self.wait_linked, name)
+
+    async def directory_views(self) -> dict[str, dict]:
+        """What every node's heartbeat row says: its own sessions and how many of each peer's it knows."""
+        from xmppcluster.cluster.membership import MembershipStore
+        from xmppcluster.storage import open_storage
+
+        storage = await open_storage(self.cluster.db_uri)
+        try:
+            rows = await MembershipStore(storage.db).rows()
+        finally:
+            await storage.close()
+        return {row.name: {"own": row.sessions, "links": row.links} for row in rows}
+
+    def consistent(self, views: dict[str, dict]) -> bool:
+        names = sorted(self.cluster.nodes)
+        return all(set(views[n]["links"]) == set(names) - {n} and
+                   all(views[n]["links"][peer] == views[peer]["own"] for peer in views[n]["links"])
+                   for n in names if n in views) and len(views) == len(names)
+
+    def test_cut_and_heal_converges_and_routes_around(self) -> None:
+        async def scenario():
+            alice = await deferToThread(self.client, "t1.example.com", "alice", "a")
+            carol = await deferToThread(self.client, "t3.example.com", "carol", "c")
+            await deferToThread(time.sleep, 0.5)
+            await self.proxy.cut()
+            await deferToThread(wait_until, lambda: "link to t3.example.com down" in
+                                self.cluster.log("t1.example.com"), 10)
+            # While cut, t1 still knows t3 is alive (t2 reports it) and relays through t2.
+            await deferToThread(time.sleep, 2.5)  # longer than the failure timeout
+            self.assertNotIn("node t3.example.com is down", self.cluster.log("t1.example.com"))
+            alice.send(f"<message to='carol@{DOMAIN}/c' type='chat'><body>around the cut</body></message>")
+            relayed = await deferToThread(carol.until, "{jabber:client}message")
+            self.assertEqual(relayed.find(BODY).text, "around the cut")
+            # A session bound during the cut reaches t1 after the heal.
+            await deferToThread(self.client, "t3.example.com", "bob", "during-cut")
+            self.proxy.heal()
+            await deferToThread(wait_until, lambda: self.cluster.log("t1.example.com").count(
+                "link to t3.example.com up") >= 2, 15)
+            for _ in range(60):
+                views = await self.directory_views()
+                if self.consistent(views):
+                    break
+                await deferToThread(time.sleep, 0.25)
+            self.assertTrue(self.consistent(views), views)
+            self.assertEqual(views["t1.example.com"]["links"]["t3.example.com"], 2)
+
+        return ensure(scenario())

@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", metavar="FILE", help="output PEM (default: <certs>/<first name>.pem)")
     sub.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    sub = commands.add_parser("reload-certs", help="make the running server re-read its certificates (SIGHUP)")
+    sub.add_argument("--pidfile", metavar="FILE", help="the server's pid file (default: ./twistd.pid)")
+    sub.add_argument("--force", action="store_true", help="signal even if the pid does not look like the server")
+
+    commands.add_parser("cluster-status", help="show the cluster's nodes, links and sessions")
+
     sub = commands.add_parser("check-config", help="validate the configuration and print the listeners")
     sub.add_argument("file", nargs="?", help="file to check (default: --config)")
     return parser
@@ -46,10 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         from xmppcluster.config import check_config_main
 
         return check_config_main(args.file or args.config)
+    if args.command == "cluster-status":
+        from xmppcluster.cluster.status import cluster_status_main
+
+        return cluster_status_main(args.config)
     if args.command == "gencert":
         from xmppcluster.tls import gencert_main
 
         return gencert_main(args.config, args.names, out=args.out, force=args.force)
+    if args.command == "reload-certs":
+        from xmppcluster.reload import reload_certs_main
+
+        return reload_certs_main(args.pidfile, force=args.force)
     from xmppcluster import admin
 
     return admin.main(args)

@@ -1,4 +1,4 @@
-"""The twisted.web Site of the HTTP ports: /http-bind (BOSH), /xmpp-websocket (RFC 7395).
+"""The twisted.web Site of the HTTP ports: /http-bind (BOSH), /xmpp-websocket (RFC 7395), /.well-known/host-meta.
 
 BOSH ports serve both paths, so one HTTP port can carry both transports; ws2s ports serve the
 WebSocket endpoint at ``/`` as well.
@@ -30,6 +30,9 @@ def build_site(server: XMPPServer, listener: Listener) -> Site:
         bosh = BoshResource(server, listener)
         root.putChild(b"http-bind", bosh)
         root.putChild(b"xmpp-websocket", websocket_resource(server, listener))
+    from xmppcluster.hostmeta import mount
+
+    mount(root, server)  # /.well-known/host-meta[.json] (XEP-0156)
     site = Site(root)
     # Stop storing a request body once it passes the BOSH limit (the stanza limit bounds WebSocket).
     site.requestFactory = limited_request(server.config.get("bosh", "max-body-size"))

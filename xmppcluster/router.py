@@ -93,7 +93,8 @@ class Router:
     def _to_account(self, name: str, stanza: domish.Element, bare: str, sender: Session | None,
                     own: bool) -> None:
         if name == "iq":
-            self._iq(stanza, "account", sender)
+            if not self.hooks.fire("iq/bare", stanza, bare, sender):
+                self._iq(stanza, "account", sender)
         elif name == "message":
             if not self.hooks.fire("message/bare", stanza, bare, sender):
                 self.deliver_message_to_bare(stanza, bare)
@@ -112,10 +113,11 @@ class Router:
             return
         kind = stanza.getAttribute("type")
         if name == "message":
-            # RFC 6121 §8.5.3.2.1: no such resource.
-            if kind in (None, "normal", "chat", "headline"):
+            # RFC 6121 §8.5.3.2.1, no such resource: chat goes to the bare JID; normal and groupchat get
+            # an error; headline and error are ignored.
+            if kind == "chat":
                 self._to_account(name, stanza, bare, sender, own=False)
-            elif kind == "groupchat":
+            elif kind not in ("error", "headline"):
                 self._bounce(stanza, "service-unavailable")
         elif name == "iq":
             if kind in IQ_REQUEST:
@@ -167,6 +169,19 @@ class Router:
         if kind == "headline":
             return
         if not self.hooks.fire("message/offline", stanza, bare):
+            self._bounce(stanza, "service-unavailable")
+
+    def undeliverable(self, stanza: domish.Element, bare: str) -> None:
+        """A stanza for a session that vanished on the way (e.g. its node died): the RFC 6121 fallback.
+
+        Messages that would have been delivered go to the account again (other resources, or offline
+        storage); IQ requests get ``service-unavailable``; anything else is dropped.
+        """
+        kind = stanza.getAttribute("type")
+        if stanza.name == "message" and kind in (None, "normal", "chat"):
+            if not self.hooks.fire("message/bare", stanza, bare, None):
+                self.deliver_message_to_bare(stanza, bare)
+        elif stanza.name == "iq" and kind in IQ_REQUEST:
             self._bounce(stanza, "service-unavailable")
 
     # -- IQ ----------------------------------------------------------------------------------------

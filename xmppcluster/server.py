@@ -127,6 +127,9 @@ class XMPPServer:
         for module in self.modules.values():
             module.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop every module, waiting for those that return a Deferred (e.g. pending offline stores)."""
         for module in self.modules.values():
-            module.stop()
+            result = module.stop()
+            if result is not None:
+                await result

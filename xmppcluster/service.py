@@ -28,9 +28,14 @@ class ServerService(service.MultiService):
         self.server = None
         self.ports: list = []
         self.ready: defer.Deferred = defer.Deferred()
+        self.sighup: Any = None
 
     def startService(self) -> None:
         super().startService()
+        from xmppcluster.reload import SighupReloader
+
+        self.sighup = SighupReloader(self.certs, self.reactor)  # SIGHUP re-reads certs/*.pem
+        self.sighup.install()
         defer.ensureDeferred(self._start()).addCallbacks(self.ready.callback, self._start_failed)
 
     async def _start(self) -> Any:
@@ -100,7 +105,7 @@ class ServerService(service.MultiService):
             stream.fail("system-shutdown")
         if server.cluster is not None:
             await server.cluster.stop()
-        server.stop()
+        await server.stop()
         await server.storage.close()
 
     async def _drain(self, server: Any) -> None:
@@ -117,6 +122,8 @@ class ServerService(service.MultiService):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        if self.sighup is not None:
+            self.sighup.uninstall()
         return defer.ensureDeferred(self._stop())
 
 

@@ -74,10 +74,14 @@ class RawClient:
         while True:
             try:
                 return operation(*args)
-            except (SSL.WantReadError, SSL.WantWriteError):
-                readable, writable, _ = select.select([self.raw], [self.raw], [], self.timeout)
-                if not readable and not writable:
-                    raise TimeoutError("TLS operation timed out") from None
+            except SSL.WantReadError:
+                readable, _, _ = select.select([self.raw], [], [], self.raw.gettimeout())
+                if not readable:
+                    raise TimeoutError("TLS read timed out") from None
+            except SSL.WantWriteError:
+                _, writable, _ = select.select([], [self.raw], [], self.raw.gettimeout())
+                if not writable:
+                    raise TimeoutError("TLS write timed out") from None
 
     def send(self, data: str | bytes) -> None:
         data = data.encode() if isinstance(data, str) else data
@@ -91,7 +95,7 @@ class RawClient:
             data = self.sock.recv(65536) if self.tls is None else self._retry(self.tls.recv, 65536)
         except SSL.ZeroReturnError:
             data = b""
-        except (SSL.SysCallError, ConnectionResetError):
+        except (SSL.SysCallError, ConnectionResetError, BrokenPipeError):
             data = b""
         if not data:
             raise Closed()

@@ -80,11 +80,15 @@ class Client(slixmpp.ClientXMPP):
             r["version"] = {"name": version["software_version"]["name"],
                             "version": version["software_version"]["version"]}
             entity_time = await self["xep_0202"].get_entity_time(domain)
-            r["time_tzo"] = str(entity_time["entity_time"]["tzo"])
+            # slixmpp's tzo/utc getters misparse spec-conformant values (they append their own 'Z'): raw text
+            r["time_tzo"] = entity_time.xml.find("{urn:xmpp:time}time/{urn:xmpp:time}tzo").text
+            r["time_utc"] = entity_time.xml.find("{urn:xmpp:time}time/{urn:xmpp:time}utc").text
             uptime = await self["xep_0012"].get_last_activity(domain)
             r["uptime"] = uptime["last_activity"]["seconds"]
         except (IqError, IqTimeout) as err:
             r["error"] = f"{type(err).__name__}: {_condition(err)}"
+        except Exception as err:  # report, don't hang until the timeout
+            r["error"] = f"{type(err).__name__}: {err}"
         self.finish(None)
 
     def finish(self, error: str | None) -> None:

@@ -38,6 +38,7 @@ class ClusterFixture:
     directory: str
     db_uri: str
     nodes: dict[str, Node] = field(default_factory=dict)
+    ports: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ca_file(self) -> str:
@@ -75,7 +76,10 @@ class ClusterFixture:
 
 
 def make_cluster(test: TestCase, count: int = 2, extra: str = "", *, heartbeat: float = 0.2,
-                 failure_timeout: float = 1.5) -> ClusterFixture:
+                 failure_timeout: float = 1.5, discovery: bool = False,
+                 via: dict[tuple[str, str], int] | None = None) -> ClusterFixture:
+    """``count`` nodes; ``discovery`` leaves out --cluster-nodes (the cluster_nodes table is used);
+    ``via[(a, b)] = port`` makes node ``a`` reach node ``b`` through 127.0.0.1:port (a test proxy)."""
     directory = tempfile.mkdtemp(prefix="cluster-", dir=os.getcwd())
     certs = os.path.join(directory, "certs")
     os.mkdir(certs)
@@ -88,12 +92,15 @@ def make_cluster(test: TestCase, count: int = 2, extra: str = "", *, heartbeat: 
     else:
         db_uri = f"sqlite:///{os.path.join(directory, 'shared.sqlite')}"
     ports = {name: {k: free_port() for k in ("c2s", "c2s_tls", "bosh", "ws2s", "cluster")} for name in names}
-    members = ",".join(f"{n}:secret-{n}:{ports[n]['cluster']}:127.0.0.1" for n in names)
+    via = via or {}
     fixture = ClusterFixture(test, directory, db_uri)
+    fixture.ports = ports
     for name in names:
         p = ports[name]
+        members = ",".join(f"{n}:secret-{n}:{via.get((name, n), ports[n]['cluster'])}:127.0.0.1" for n in names)
         lines = [
-            f"--virt-hosts={DOMAIN}", "--cluster-mode=true", f"--cluster-nodes={members}",
+            f"--virt-hosts={DOMAIN}", "--cluster-mode=true",
+            "" if discovery else f"--cluster-nodes={members}",
             f"--user-db-uri={db_uri}", f"--ssl-certs-location={certs}",
             "--auth-failure-delay=0.05", "--auth-failure-max-delay=0.2",
             f"c2s/connections/ports[i]={p['c2s']},{p['c2s_tls']}", f"c2s/connections/{p['c2s_tls']}/socket=ssl",
@@ -121,3 +128,42 @@ async def migrate(fixture: ClusterFixture) -> None:
 
 def run(coro):
     return ensureDeferred(coro)
+
+
+class CuttableLink:
+    """A TCP proxy in the test process standing for the network between two nodes: cut() and heal()."""
+
+    def __init__(self, port: int, target_port: int) -> None:
+        self.port = port
+        self.target_port = target_port
+        self.connections: set = set()
+        self.listening = None
+
+    def heal(self) -> None:
+        from twisted.internet import reactor
+        from twisted.protocols.portforward import ProxyFactory, ProxyServer
+
+        link = self
+
+        class Tracked(ProxyServer):
+            def connectionMade(self) -> None:
+                link.connections.add(self)
+                super().connectionMade()
+
+            def connectionLost(self, reason=None) -> None:
+                link.connections.discard(self)
+                super().connectionLost(reason)
+
+        factory = ProxyFactory("127.0.0.1", self.target_port)
+        factory.protocol = Tracked
+        factory.noisy = False
+        self.listening = reactor.listenTCP(self.port, factory, interface="127.0.0.1")
+
+    async def cut(self) -> None:
+        if self.listening is not None:
+            await self.listening.stopListening()
+            self.listening = None
+        for connection in list(self.connections):
+            connection.transport.abortConnection()
+            if connection.peer is not None:
+                connection.peer.transport.abortConnection()

@@ -49,7 +49,7 @@ class RemoteSession:
         return self.presence is not None
 
     def deliver(self, stanza: domish.Element) -> None:
-        self.cluster.route_to(self.node, stanza)
+        self.cluster.route_to(self.node, stanza, self.jid)
 
     def close(self, condition: str, text: str | None = None) -> None:
         self.cluster.send_event(self.node, f"<kick jid={quoteattr(self.jid)} condition={quoteattr(condition)}/>")

@@ -59,7 +59,7 @@ class Cluster:
         self.directory = Directory(self)
         self.started_at = time.time()
         self.dead: set[str] = set()
-        self._outbox: dict[str, deque[tuple[int, domish.Element]]] = {}
+        self._outbox: dict[str, deque[tuple[int, domish.Element, str]]] = {}
         self._sent: dict[str, int] = {}
         self._connecting: dict[str, Any] = {}
         self._backoff: dict[str, float] = {}
@@ -86,6 +86,7 @@ class Cluster:
         hooks.add("session/interested", self._local_interest, 1000)
         hooks.add("session/unbound", self._local_unbound, 1000)
         hooks.add("roster/changed", self._roster_changed, -1000)
+        hooks.add("remote/roster/changed", self._remote_roster_changed)
         from xmppcluster.cluster.bosh_forward import BoshForwarder
 
         self.bosh = BoshForwarder(self)
@@ -129,7 +130,8 @@ class Cluster:
         me = self.members.get(self.name)
         port = self._cluster_port()
         links = {name: self.directory.count(name) for name in self.links}
-        await self.store.heartbeat(self.name, address=me.address if me else None, port=port,
+        address = me.address if me is not None else self._listen_address()
+        await self.store.heartbeat(self.name, address=address, port=port,
                                    secret=None if self.static else self.secret, started_at=self.started_at,
                                    sessions=sum(1 for s in self.server.sessions if s.node is None),
                                    links=links)
@@ -139,6 +141,14 @@ class Cluster:
         for row in rows:
             if row.name != self.name:
                 self.members[row.name] = ClusterNode(row.name, row.secret, row.port or 5277, row.address)
+
+    def _listen_address(self) -> str | None:
+        """The cl-comp interface peers should dial when it is a specific address (discovery mode)."""
+        for listener in self.server.config.listeners("cl-comp"):
+            for interface in listener.ifc:
+                if interface != "*":
+                    return interface
+        return None
 
     def _cluster_port(self) -> int:
         ports = [listener.port for listener in self.server.config.listeners("cl-comp")]
@@ -203,14 +213,14 @@ class Cluster:
         if peer is None or self.links.get(peer) is not link:
             return
         del self.links[peer]
-        unacked = [stanza for _, stanza in self._outbox.pop(peer, ())]
+        unacked = [(stanza, jid) for _, stanza, jid in self._outbox.pop(peer, ())]
         if not self._stopping:
             log.warn("cluster: link to {peer} down: {why}", peer=peer, why=why)
             self._suspects[peer] = self.clock.seconds()
             self._connecting.pop(peer, None)
             self._judge()
-        for stanza in unacked:
-            self.server.router.route(stanza)
+        for stanza, jid in unacked:
+            self.server.router.undeliverable(stanza, jid.partition("/")[0])
 
     def _judge(self) -> None:
         """Declare dead the suspects that no live peer still reaches."""
@@ -243,21 +253,23 @@ class Cluster:
     # -- receiving ---------------------------------------------------------------------------------
 
     def routed(self, link: Link, element: domish.Element) -> None:
+        """``<r session=full-jid [node=…]>stanza</r>``: deliver to that local session (the stanza's ``to``
+        may be a bare JID: the sender already chose the resource)."""
         target = element.getAttribute("node")
+        jid = element.getAttribute("session") or ""
         stanza = next(element.elements(), None)
         if stanza is None:
             return
-        if target and target != self.name:
-            self.route_to(target, stanza)  # relay for a peer that lost its direct link
-            return
         stanza.parent = None
-        to = stanza.getAttribute("to") or ""
-        bare, _, resource = to.partition("/")
-        session = self.server.sessions.get(bare, resource) if resource else None
+        if target and target != self.name:
+            self.route_to(target, stanza, jid)  # relay for a peer that lost its direct link
+            return
+        bare, _, resource = jid.partition("/")
+        session = self.server.sessions.get(bare, resource)
         if session is not None and session.node is None:
             session.deliver(stanza)
-        else:
-            self.server.router.route(stanza)
+        elif stanza.getAttribute("type") != "error":
+            self.server.router.undeliverable(stanza, bare)
 
     def event(self, link: Link, element: domish.Element) -> None:
         name, peer = element.name, link.peer
@@ -289,23 +301,24 @@ class Cluster:
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def route_to(self, node: str, stanza: domish.Element) -> None:
-        """Deliver a stanza to a session on ``node``: one hop, or two through a peer that reaches it."""
+    def route_to(self, node: str, stanza: domish.Element, jid: str) -> None:
+        """Deliver a stanza to the session ``jid`` on ``node``: one hop, or two through a peer that reaches it."""
         body = stanza.toXml(defaultUri="")
+        session = quoteattr(jid)
         link = self.links.get(node)
         if link is not None:
             self._sent[node] += 1
             if stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT:
-                self._outbox[node].append((self._sent[node], stanza))
-            link.send(f"<r>{body}</r>".encode())
+                self._outbox[node].append((self._sent[node], stanza, jid))
+            link.send(f"<r session={session}>{body}</r>".encode())
             return
         relay = self._relay_for(node)
         if relay is not None:
-            relay.send(f"<r node={quoteattr(node)}>{body}</r>".encode())
+            relay.send(f"<r session={session} node={quoteattr(node)}>{body}</r>".encode())
             return
-        # The owner is gone: forget its sessions now and route again (offline storage, other resources).
+        # The owner is gone: forget its sessions now and deliver elsewhere (other resources, offline).
         self.directory.drop_node(node)
-        self.server.router.route(stanza)
+        self.server.router.undeliverable(stanza, jid.partition("/")[0])
 
     def send_event(self, node: str, xml: str) -> None:
         link = self.links.get(node)
@@ -350,6 +363,13 @@ class Cluster:
         self.broadcast(f"<event name='roster/changed' owner={quoteattr(owner)} "
                        f"contact={quoteattr(contact)}/>".encode())
         return False
+
+    def _remote_roster_changed(self, element: domish.Element) -> bool:
+        """Another node changed a roster in the shared database: drop our cached copy."""
+        roster = self.server.modules.get("jabber:iq:roster")
+        if roster is not None:
+            roster.invalidate(element.getAttribute("owner") or "")
+        return True
 
     # -- draining ----------------------------------------------------------------------------------
 

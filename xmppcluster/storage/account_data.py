@@ -35,9 +35,12 @@ class VCardStore:
         """Store ``vcard`` (serialized ``<vCard/>``), or delete it when None."""
 
         def txn(cursor: Cursor) -> None:
-            cursor.execute("DELETE FROM vcards WHERE domain = ? AND username = ?", (domain, user))
-            if vcard is not None:
-                cursor.execute("INSERT INTO vcards (domain, username, vcard, updated_at) VALUES (?, ?, ?, ?)",
+            if vcard is None:
+                cursor.execute("DELETE FROM vcards WHERE domain = ? AND username = ?", (domain, user))
+            else:
+                cursor.execute("INSERT INTO vcards (domain, username, vcard, updated_at) VALUES (?, ?, ?, ?)"
+                               " ON CONFLICT (domain, username)"
+                               " DO UPDATE SET vcard = excluded.vcard, updated_at = excluded.updated_at",
                                (domain, user, vcard, int(time.time())))
 
         try:
@@ -69,9 +72,8 @@ class PrivateStore:
             if total > max_bytes:
                 raise QuotaExceeded(f"private storage of {user}@{domain} would exceed {max_bytes} bytes")
             for namespace, data in items.items():
-                cursor.execute("DELETE FROM private_storage WHERE domain = ? AND username = ? AND namespace = ?",
-                               (domain, user, namespace))
-                cursor.execute("INSERT INTO private_storage (domain, username, namespace, data) VALUES (?, ?, ?, ?)",
+                cursor.execute("INSERT INTO private_storage (domain, username, namespace, data) VALUES (?, ?, ?, ?)"
+                               " ON CONFLICT (domain, username, namespace) DO UPDATE SET data = excluded.data",
                                (domain, user, namespace, data))
 
         try:
@@ -93,12 +95,10 @@ class LastActivityStore:
         return (int(rows[0][0]), rows[0][1]) if rows else None
 
     async def set(self, user: str, domain: str, when: int, status: str = "") -> None:
-        def txn(cursor: Cursor) -> None:
-            cursor.execute("DELETE FROM last_activity WHERE domain = ? AND username = ?", (domain, user))
-            cursor.execute("INSERT INTO last_activity (domain, username, seconds, status) VALUES (?, ?, ?, ?)",
-                           (domain, user, int(when), status))
-
         try:
-            await self.db.interaction(txn, idempotent=True)
+            await self.db.execute("INSERT INTO last_activity (domain, username, seconds, status) VALUES (?, ?, ?, ?)"
+                                  " ON CONFLICT (domain, username)"
+                                  " DO UPDATE SET seconds = excluded.seconds, status = excluded.status",
+                                  (domain, user, int(when), status), idempotent=True)
         except self.db.IntegrityError:
             raise NoSuchAccount(f"no such user {user}@{domain}") from None

@@ -1,0 +1,320 @@
+"""Start the servers under test (xmppcluster nodes and Prosody), pinned to one core, and provision accounts.
+
+Nothing here imports the test suite. xmppcluster runs as ``twistd -n xmppcluster``; Prosody from the Debian
+package (installed with apt-get when absent and allowed) with its own config, data directory and ports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+DOMAIN = "bench.example"
+PASSWORD = "bench-secret"
+ITERATIONS = 4096
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    if cpu is None or shutil.which("taskset") is None:
+        return argv
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def make_cert(path: str, names: list[str]) -> tuple[str, str]:
+    """A self-signed certificate and key (PEM files) for ``names``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    with open(path + ".crt", "wb") as out:
+        out.write(cert_pem)
+    with open(path + ".key", "wb") as out:
+        out.write(key_pem)
+    os.chmod(path + ".key", 0o644)
+    with open(path + ".pem", "wb") as out:
+        out.write(cert_pem + key_pem)
+    return path + ".crt", path + ".key"
+
+
+@dataclass
+class Server:
+    """A server under test: its name, ports and process."""
+
+    name: str
+    directory: str
+    ports: dict[str, int]
+    process: subprocess.Popen | None = None
+    ws_path: str = "/xmpp-websocket"
+    bosh_path: str = "/http-bind"
+    log_file: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+
+    def log_tail(self, n: int = 2000) -> str:
+        for name in ("twistd.log", "prosody.log", "prosody.err"):
+            path = os.path.join(self.directory, name)
+            if os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    return f.read()[-n:]
+        return ""
+
+
+# -- xmppcluster ----------------------------------------------------------------------------------------
+
+
+def xmppcluster_config(directory: str, ports: dict[str, int], db_uri: str, node: str,
+                       cluster: str | None = None) -> str:
+    lines = [
+        f"--virt-hosts={DOMAIN}", f"--node-name={node}", f"--user-db-uri={db_uri}",
+        f"--ssl-certs-location={os.path.join(directory, 'certs')}", f"--scram-iterations={ITERATIONS}",
+        "--vhost-tls-required=false", "--idle-timeout=3600", "--whitespace-keepalive=0",
+        "--unauthenticated-timeout=120",
+        f"c2s/connections/ports[i]={ports['c2s']}", f"c2s/connections/{ports['c2s']}/ifc[s]=127.0.0.1",
+        f"c2s/connections/{ports['c2s']}/tls/required[B]=false",
+        f"bosh/connections/ports[i]={ports['bosh']}", f"bosh/connections/{ports['bosh']}/ifc[s]=127.0.0.1",
+        f"ws2s/connections/ports[i]={ports['ws']}", f"ws2s/connections/{ports['ws']}/ifc[s]=127.0.0.1",
+        "bosh/max-sessions-per-ip[I]=0", "bosh/max-inactivity[I]=600", "ws2s/idle-timeout[I]=3600",
+        "ws2s/ping-interval[I]=0",
+    ]
+    if cluster:
+        lines += ["--cluster-mode=true", f"--cluster-nodes={cluster}",
+                  f"cl-comp/connections/ports[i]={ports['cluster']}",
+                  f"cl-comp/connections/{ports['cluster']}/ifc[s]=127.0.0.1"]
+    path = os.path.join(directory, f"{node}.properties")
+    with open(path, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return path
+
+
+def start_xmppcluster(directory: str, config: str, node: str, ports: dict[str, int], cpu: int | None,
+                      name: str = "xmppcluster") -> Server:
+    server = Server(name, directory, ports)
+    server.log_file = open(os.path.join(directory, f"{node}.twistd.log"), "wb")
+    server.process = subprocess.Popen(
+        pinned(cpu, [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(directory, f"{node}.twistd.log"),
+                     "xmppcluster", "--config", config, f"--node-name={node}"]),
+        cwd=directory, stdout=server.log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
+    wait_for_port(ports["c2s"])
+    return server
+
+
+def xmppcluster_directory(base: str) -> tuple[str, str]:
+    directory = os.path.join(base, "xmppcluster")
+    os.makedirs(os.path.join(directory, "certs"), exist_ok=True)
+    make_cert(os.path.join(directory, "certs", "default"), [DOMAIN, f"t1.{DOMAIN}", f"t2.{DOMAIN}"])
+    os.rename(os.path.join(directory, "certs", "default.crt"), os.path.join(directory, "default.crt"))
+    os.rename(os.path.join(directory, "certs", "default.key"), os.path.join(directory, "default.key"))
+    return directory, "sqlite:///" + os.path.join(directory, "bench.sqlite")
+
+
+def provision_xmppcluster(db_uri: str, users: list[str], rosters: dict[str, list[str]]) -> None:
+    """Accounts (and subscription='both' roster items) straight through the storage API, in a child process."""
+    import json
+    script = (
+        "import asyncio, json, sys\n"
+        "from twisted.internet import asyncioreactor\n"
+        "asyncioreactor.install()\n"
+        "from twisted.internet import defer, reactor\n"
+        "from xmppcluster.storage import open_storage\n"
+        "args = json.load(sys.stdin)\n"
+        "async def main():\n"
+        "    storage = await open_storage(args['uri'], scram_iterations=args['iterations'])\n"
+        "    try:\n"
+        "        for user in args['users']:\n"
+        "            try:\n"
+        "                await storage.accounts.create(user, args['domain'], args['password'])\n"
+        "            except Exception as e:\n"
+        "                if 'exist' not in type(e).__name__.lower(): raise\n"
+        "        if args['rosters']:\n"
+        "            from xmppcluster.storage.roster import RosterItem, RosterStore\n"
+        "            store = getattr(storage, 'roster', None) or RosterStore(storage.db)\n"
+        "            for user, contacts in args['rosters'].items():\n"
+        "                for contact in contacts:\n"
+        "                    item = RosterItem(contact, subscription='both')\n"
+        "                    await store.modify(user, args['domain'], contact, lambda old, p, item=item: (item, None))\n"
+        "    finally:\n"
+        "        await storage.close()\n"
+        "def run():\n"
+        "    d = defer.ensureDeferred(main())\n"
+        "    d.addErrback(lambda f: (f.printTraceback(), setattr(sys, 'exitcode', 1)))\n"
+        "    d.addBoth(lambda _: reactor.stop())\n"
+        "sys.exitcode = 0\n"
+        "reactor.callWhenRunning(run)\n"
+        "reactor.run()\n"
+        "sys.exit(sys.exitcode)\n"
+    )
+    payload = json.dumps({"uri": db_uri, "iterations": ITERATIONS, "users": users, "domain": DOMAIN,
+                          "password": PASSWORD, "rosters": rosters})
+    subprocess.run([sys.executable, "-c", script], input=payload.encode(), check=True,
+                   env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+# -- Prosody --------------------------------------------------------------------------------------------
+
+
+def prosody_available(install: bool) -> str | None:
+    """Path of the prosody binary, installing the Debian package first when allowed; None if unavailable."""
+    path = shutil.which("prosody")
+    if path is None and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "prosody"], check=False, env=env,
+                       stdout=subprocess.DEVNULL)
+        path = shutil.which("prosody")
+    return path
+
+
+def prosody_version() -> str:
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "prosody"], capture_output=True, text=True)
+        return out.stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _encode(part: str) -> str:
+    """Prosody's datamanager path encoding."""
+    return "".join(c if c.isalnum() or c == "_" else f"%{ord(c):02x}" for c in part)
+
+
+def _lua(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def provision_prosody(directory: str, users: list[str], rosters: dict[str, list[str]]) -> None:
+    """Write mod_auth_internal_hashed accounts and rosters as Prosody's internal storage files."""
+    host = os.path.join(directory, "data", _encode(DOMAIN))
+    os.makedirs(os.path.join(host, "accounts"), exist_ok=True)
+    os.makedirs(os.path.join(host, "roster"), exist_ok=True)
+    for user in users:
+        salt = str(uuid.uuid4())
+        salted = hashlib.pbkdf2_hmac("sha1", PASSWORD.encode(), salt.encode(), ITERATIONS)
+        stored = hashlib.sha1(hmac.digest(salted, b"Client Key", "sha1")).hexdigest()
+        server_key = hmac.digest(salted, b"Server Key", "sha1").hex()
+        with open(os.path.join(host, "accounts", _encode(user) + ".dat"), "w") as out:
+            out.write(f"return {{\n\t[\"iteration_count\"] = {ITERATIONS};\n\t[\"salt\"] = {_lua(salt)};\n"
+                      f"\t[\"stored_key\"] = {_lua(stored)};\n\t[\"server_key\"] = {_lua(server_key)};\n}};\n")
+    for user, contacts in rosters.items():
+        items = "".join(f"\t[{_lua(c)}] = {{ [\"subscription\"] = \"both\"; [\"groups\"] = {{}}; }};\n"
+                        for c in contacts)
+        with open(os.path.join(host, "roster", _encode(user) + ".dat"), "w") as out:
+            out.write(f"return {{\n\t[false] = {{ [\"version\"] = 1; }};\n{items}}};\n")
+
+
+def start_prosody(base: str, cpu: int | None, users: list[str], rosters: dict[str, list[str]]) -> Server:
+    directory = os.path.join(base, "prosody")
+    os.makedirs(os.path.join(directory, "data"), exist_ok=True)
+    cert, key = make_cert(os.path.join(directory, DOMAIN), [DOMAIN])
+    ports = {"c2s": free_port(), "http": free_port()}
+    ports["bosh"] = ports["ws"] = ports["http"]
+    config = f"""
+run_as_root = true
+daemonize = false
+pidfile = "{directory}/prosody.pid"
+data_path = "{directory}/data"
+plugin_paths = {{}}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "presence"; "bosh"; "websocket"; }}
+modules_disabled = {{ "s2s"; "limits"; "offline"; "c2s_limits"; }}
+network_settings = {{ nagle = false; }}
+c2s_ports = {{ {ports['c2s']} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{}}
+http_ports = {{ {ports['http']} }}
+http_interfaces = {{ "127.0.0.1" }}
+https_ports = {{}}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = false
+consider_bosh_secure = true
+consider_websocket_secure = true
+cross_domain_websocket = true
+cross_domain_bosh = true
+bosh_max_inactivity = 600
+c2s_timeout = 3600
+authentication = "internal_hashed"
+storage = "internal"
+log = {{ warn = "{directory}/prosody.log"; error = "{directory}/prosody.err"; }}
+ssl = {{ certificate = "{cert}"; key = "{key}"; }}
+VirtualHost "{DOMAIN}"
+"""
+    path = os.path.join(directory, "prosody.cfg.lua")
+    with open(path, "w") as out:
+        out.write(config)
+    provision_prosody(directory, users, rosters)
+    server = Server("prosody", directory, ports, ws_path="/xmpp-websocket", bosh_path="/http-bind")
+    server.log_file = open(os.path.join(directory, "stdout.log"), "wb")
+    server.process = subprocess.Popen(pinned(cpu, ["prosody", "--config", path, "-F"]), cwd=directory,
+                                      stdout=server.log_file, stderr=subprocess.STDOUT)
+    wait_for_port(ports["c2s"])
+    wait_for_port(ports["http"])
+    return server
