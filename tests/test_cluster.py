@@ -108,6 +108,43 @@ class TwoNodeTests(ClusterTestCase):
         return deferToThread(scenario).addCallback(self.assertEqual, "conflict")
 
 
+def roster_of(client: RawClient) -> dict[str, str]:
+    client.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+    while True:
+        reply = client.until("{jabber:client}iq")
+        if reply.get("id") == "roster":
+            return {item.get("jid"): item.get("subscription")
+                    for item in reply.iter("{jabber:iq:roster}item")}
+
+
+class SharedRosterTests(ClusterTestCase):
+    def test_handshake_across_nodes_reads_both_through_either_node(self) -> None:
+        def scenario():
+            alice = self.client("t1.example.com", "alice", "a")
+            bob = self.client("t2.example.com", "bob", "b")
+            subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
+            later = presences_from(alice, f"bob@{DOMAIN}/b", 1.0)
+            seen_by_alice = [p for p in alice.__dict__.get("seen", []) + later
+                             if p.get("type") is None and p.get("from") == f"bob@{DOMAIN}/b"]
+            views = {}
+            for node in ("t1.example.com", "t2.example.com"):
+                for user, contact in (("alice", "bob"), ("bob", "alice")):
+                    fresh = self.client(node, user, f"check-{node[:2]}", priority=None)
+                    views[(node, user)] = roster_of(fresh).get(f"{contact}@{DOMAIN}")
+                    fresh.close()
+            bob.send("<presence><status>away for lunch</status></presence>")
+            update = [p for p in presences_from(alice, f"bob@{DOMAIN}/b", 1.0) if p.get("type") is None]
+            return seen_by_alice, views, update
+
+        def check(result):
+            seen_by_alice, views, update = result
+            self.assertTrue(seen_by_alice, "alice sees bob available after the handshake")
+            self.assertEqual(set(views.values()), {"both"}, views)
+            self.assertEqual([p.find("{jabber:client}status").text for p in update], ["away for lunch"])
+
+        return deferToThread(scenario).addCallback(check)
+
+
 class BoshAnyNodeTests(ClusterTestCase):
     def test_bosh_session_created_on_t1_continues_on_t2(self) -> None:
         from tests.clients.bosh import BoshClient
@@ -146,6 +183,7 @@ def subscribe_both(a: RawClient, a_jid: str, b: RawClient, b_jid: str) -> None:
             element = client.until(presence)
             if element.get("type") == kind and element.get("from", "").split("/")[0] == frm:
                 return element
+            client.__dict__.setdefault("seen", []).append(element)  # kept for the test to inspect
 
     a.send(f"<presence to='{b_jid}' type='subscribe'/>")
     wait_type(b, "subscribe", a_jid)
@@ -210,20 +248,32 @@ class NodeFailureTests(ClusterTestCase):
 
 
 class DrainTests(ClusterTestCase):
-    def test_sigterm_moves_tcp_clients_to_the_other_node(self) -> None:
+    def test_sigterm_moves_tcp_and_websocket_clients_to_the_other_node(self) -> None:
+        from tests.clients.ws import FRAMING, WSClient
+
         def connect():
-            return self.client("t1.example.com", "alice", "a")
+            web = WSClient(self.cluster.nodes["t1.example.com"].ports["ws2s"])
+            self.addCleanup(web.close)
+            web.login(DOMAIN, "bob", PASSWORD, "web")
+            return self.client("t1.example.com", "alice", "a"), web
+
+        def websocket_close(web):
+            return web.until(f"{{{FRAMING}}}close")
 
         async def scenario():
-            alice = await deferToThread(connect)
+            alice, web = await deferToThread(connect)
             waiting = deferToThread(alice.wait_closed)
+            web_waiting = deferToThread(websocket_close, web)
             await deferToThread(self.cluster.terminate, "t1.example.com")
             error = await waiting
             self.assertIsNotNone(error)
             target = error.find("{urn:ietf:params:xml:ns:xmpp-streams}see-other-host")
             self.assertIsNotNone(target)
             self.assertEqual(target.text.split(":")[0], "t2.example.com")
-            self.assertIn("draining 1 client streams to t2.example.com", self.cluster.log("t1.example.com"))
+            close = await web_waiting
+            port = self.cluster.nodes["t1.example.com"].ports["ws2s"]
+            self.assertEqual(close.get("see-other-uri"), f"ws://t2.example.com:{port}/xmpp-websocket")
+            self.assertIn("draining 2 client streams to t2.example.com", self.cluster.log("t1.example.com"))
 
         return ensure(scenario())
 

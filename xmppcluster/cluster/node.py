@@ -87,6 +87,8 @@ class Cluster:
         hooks.add("session/unbound", self._local_unbound, 1000)
         hooks.add("roster/changed", self._roster_changed, -1000)
         hooks.add("remote/roster/changed", self._remote_roster_changed)
+        hooks.add("blocking/changed", self._blocking_changed, -1000)
+        hooks.add("remote/blocking/changed", self._remote_blocking_changed)
         from xmppcluster.cluster.bosh_forward import BoshForwarder
 
         self.bosh = BoshForwarder(self)
@@ -364,11 +366,21 @@ class Cluster:
                        f"contact={quoteattr(contact)}/>".encode())
         return False
 
+    def _blocking_changed(self, owner: str, added: object = None, removed: object = None) -> bool:
+        self.broadcast(f"<event name='blocking/changed' owner={quoteattr(owner)}/>".encode())
+        return False
+
     def _remote_roster_changed(self, element: domish.Element) -> bool:
         """Another node changed a roster in the shared database: drop our cached copy."""
-        roster = self.server.modules.get("jabber:iq:roster")
-        if roster is not None:
-            roster.invalidate(element.getAttribute("owner") or "")
+        return self._invalidate("jabber:iq:roster", element)
+
+    def _remote_blocking_changed(self, element: domish.Element) -> bool:
+        return self._invalidate("urn:xmpp:blocking", element)
+
+    def _invalidate(self, module_name: str, element: domish.Element) -> bool:
+        module = self.server.modules.get(module_name)
+        if module is not None:
+            module.invalidate(element.getAttribute("owner") or "")
         return True
 
     # -- draining ----------------------------------------------------------------------------------
