@@ -154,3 +154,59 @@ class AdminMaxUsersTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn("max-users", err)
         self.assertEqual((await adduser(f"bob@{B}"))[0], 0)  # B is unlimited
+
+
+class PerVhostModuleTests(TestCase):
+    """``vhost-man/<domain>/sm-plugins``: a module on for one vhost and off for another."""
+
+    async def test_module_off_for_one_vhost_only(self) -> None:
+        from twisted.internet.threads import deferToThread
+
+        from tests.clients.raw import RawClient
+        from tests.support.server import start_server
+        from tests.support.slix import ca_file
+
+        running = await start_server(self, "vhost-man/b.example/sm-plugins[s]=-vcard-temp,-urn:xmpp:ping\n",
+                                     domains=("a.example", "b.example"))
+        for domain in ("a.example", "b.example"):
+            await running.add_user(f"user@{domain}", "pw")
+
+        def ask(domain: str) -> dict:
+            client = RawClient(running.ports["c2s"]["plain"], domain=domain, ca_file=ca_file(running))
+            try:
+                client.login("user", "pw")
+                answers = {}
+                for ident, payload in (("v", "<vCard xmlns='vcard-temp'/>"), ("p", "<ping xmlns='urn:xmpp:ping'/>"),
+                                       ("d", "<query xmlns='http://jabber.org/protocol/disco#info'/>")):
+                    to = f"user@{domain}" if ident == "v" else domain
+                    client.send(f"<iq type='get' id='{ident}' to='{to}'>{payload}</iq>")
+                    while True:
+                        reply = client.until("{jabber:client}iq")
+                        if reply.get("id") == ident:
+                            answers[ident] = reply
+                            break
+                return answers
+            finally:
+                client.close()
+
+        a = await deferToThread(ask, "a.example")
+        b = await deferToThread(ask, "b.example")
+        self.assertEqual((a["v"].get("type"), a["p"].get("type")), ("result", "result"))
+        self.assertEqual((b["v"].get("type"), b["p"].get("type")), ("error", "error"))
+        stanzas = "{urn:ietf:params:xml:ns:xmpp-stanzas}service-unavailable"
+        self.assertIsNotNone(b["v"].find(f".//{stanzas}"))
+
+        def features(reply) -> set:
+            return {f.get("var") for f in reply.iter("{http://jabber.org/protocol/disco#info}feature")}
+
+        self.assertIn("urn:xmpp:ping", features(a["d"]))
+        self.assertIn("vcard-temp", features(a["d"]))
+        self.assertNotIn("urn:xmpp:ping", features(b["d"]))
+        self.assertNotIn("vcard-temp", features(b["d"]))
+
+    def test_unknown_domain_refused(self) -> None:
+        from xmppcluster.config import ConfigError, parse_text
+
+        error = self.assertRaises(ConfigError, parse_text, "vhost-man/nowhere.example/sm-plugins[s]=-disco\n", "x")
+        self.assertIn("x:1:", str(error))
+        self.assertIn("--virt-hosts", str(error))

@@ -306,6 +306,9 @@ register("cl-comp", "failure-timeout", "F", 6.0,
          "Seconds without anything from a node before it is declared dead (its sessions leave the directory).",
          minimum=0.5)
 register("cl-comp", "drain-timeout", "F", 5.0, "Seconds a stopping node waits for its clients to move.", minimum=0)
+register("vhost-man", "<domain>/sm-plugins", "s", [],
+         "Per-vhost module selection (``+name``/``-name``) on top of ``--sm-plugins``, e.g. "
+         "``vhost-man/example.org/sm-plugins[s]=-vcard-temp``.")
 register("bosh", "send-node-hostname", "B", True,
          "Send this node's name as ``host`` in the session-creation response, so clients reach the same node.")
 register("bosh", "max-wait", "I", 30, "Longest ``wait`` granted to a client, in seconds.", minimum=1)
@@ -410,6 +413,14 @@ class Config:
         else:
             value = _port_default(component, key) if "<port>" in setting.key else setting.default
         return list(value) if isinstance(value, list) else value
+
+    def vhost_modules(self, domain: str) -> tuple[list[str], list[str]]:
+        """(enabled, disabled) module names for ``domain`` from ``vhost-man/<domain>/sm-plugins``."""
+        enabled: list[str] = []
+        disabled: list[str] = []
+        for item in self._values.get(("vhost-man", f"{domain.lower()}/sm-plugins"), []):
+            (disabled if item.startswith("-") else enabled).append(item.lstrip("+-"))
+        return enabled, disabled
 
     def vhost_option(self, domain: str, name: str) -> Any:
         """Per-vhost option (``anon``, ``register``, ``max-users``, ``tls-required``), else its global default."""
@@ -551,6 +562,8 @@ def _lookup(component: str, key: str) -> Setting | None:
         m = re.fullmatch(r"connections/([0-9]+)/(.+)", key)
         if m:
             setting = _REGISTRY.get((component, f"connections/<port>/{m.group(2)}"))
+        elif component == "vhost-man" and "/" in key:
+            setting = _REGISTRY.get((component, f"<domain>/{key.rsplit('/', 1)[1]}"))
     return setting
 
 
@@ -656,6 +669,14 @@ class _Builder:
         g = (GLOBAL,)
         cluster_mode = self.get("cluster-mode")
         virt_hosts, vhost_options = self._virt_hosts()
+        for canon, items in self.values.items():
+            if canon[0] == "vhost-man":
+                domain = canon[1].rsplit("/", 1)[0].lower()
+                if domain not in virt_hosts:
+                    raise self.fail(canon, f"a domain listed in --virt-hosts ({', '.join(virt_hosts)})")
+                for item in items:
+                    if not re.fullmatch(r"[+-][A-Za-z0-9][A-Za-z0-9:._#-]*", item):
+                        raise self.fail(canon, f"+name or -name entries (bad entry {_quote(item)})")
         admins = []
         for jid in self.get("admins"):
             if not re.fullmatch(r"[^@/\s]+@[^@/\s]+", jid):

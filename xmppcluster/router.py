@@ -26,6 +26,14 @@ log = Logger()
 IQ_REQUEST = frozenset(("get", "set"))
 
 
+def _domain_of(stanza: domish.Element, sender: Session | None) -> str | None:
+    """The local domain an IQ is addressed to (the sender's own when it has no ``to``)."""
+    to = stanza.getAttribute("to")
+    if to is None:
+        return sender.domain if sender is not None else None
+    return to.partition("@")[2].partition("/")[0] if "@" in to else to.partition("/")[0]
+
+
 def _priority(presence: domish.Element) -> int:
     """The <priority/> of a presence, clamped to -128..127 (RFC 6121 §4.7.2.3); 0 when absent or bad."""
     for child in presence.elements(presence.uri, "priority"):
@@ -199,7 +207,7 @@ class Router:
             self._bounce(stanza, "bad-request")
             return
         handler = self.iq_handlers.get((kind, payload.uri, target))
-        if handler is None:
+        if handler is None or not handler.__self__.serves(_domain_of(stanza, sender)):
             self._bounce(stanza, "service-unavailable")
             return
         try:

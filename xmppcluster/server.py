@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from xmppcluster.auth.throttle import AuthThrottle
 from xmppcluster.hooks import Hooks
-from xmppcluster.modules import available_modules, enabled_modules
+from xmppcluster.modules import available_modules, module_domains
 from xmppcluster.modules.base import Module
 from xmppcluster.router import Router
 from xmppcluster.sessions import SessionRegistry
@@ -86,12 +86,11 @@ class XMPPServer:
 
     def load_modules(self, names: list[str] | None = None) -> None:
         """Instantiate and wire the enabled modules (``--sm-plugins``), or exactly ``names``."""
-        if names is None:
-            classes = enabled_modules(self.config)
-        else:
-            classes = [available_modules()[name] for name in names]
-        for cls in classes:
-            self.add_module(cls(self))
+        serving = module_domains(self.config)
+        for name in sorted(serving) if names is None else names:
+            module = available_modules()[name](self)
+            module.domains = serving.get(name, self.domains)
+            self.add_module(module)
 
     def add_module(self, module: Module) -> None:
         self.modules[module.name] = module

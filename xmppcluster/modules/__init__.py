@@ -35,11 +35,27 @@ class UnknownModule(ValueError):
 
 
 def enabled_modules(config: Any) -> list[type]:
-    """The module classes to load: defaults, plus ``+name``, minus ``-name`` (``--sm-plugins``)."""
+    """The module classes to load: defaults, plus ``+name``, minus ``-name`` (``--sm-plugins``), plus any
+    module a vhost enables for itself (``vhost-man/<domain>/sm-plugins``)."""
+    return [available_modules()[name] for name in sorted(module_domains(config))]
+
+
+def module_domains(config: Any) -> dict[str, frozenset[str]]:
+    """Module name -> the vhosts it serves, for every module that serves at least one."""
     modules = available_modules()
-    unknown = [n for n in (*config.sm_plugins_enabled, *config.sm_plugins_disabled) if n not in modules]
+    per_domain = {domain: config.vhost_modules(domain) for domain in config.virt_hosts}
+    named = [*config.sm_plugins_enabled, *config.sm_plugins_disabled]
+    for enabled, disabled in per_domain.values():
+        named += enabled + disabled
+    unknown = sorted({n for n in named if n not in modules})
     if unknown:
         raise UnknownModule(f"--sm-plugins names unknown module(s) {', '.join(unknown)}; "
                             f"available: {', '.join(sorted(modules))}")
-    return [cls for name, cls in sorted(modules.items())
-            if (cls.default or name in config.sm_plugins_enabled) and name not in config.sm_plugins_disabled]
+    result: dict[str, frozenset[str]] = {}
+    for name, cls in modules.items():
+        on = (cls.default or name in config.sm_plugins_enabled) and name not in config.sm_plugins_disabled
+        domains = frozenset(d for d, (enabled, disabled) in per_domain.items()
+                            if name in enabled or (on and name not in disabled))
+        if domains:
+            result[name] = domains
+    return result

@@ -64,6 +64,13 @@ class Module:
         self.server = server
         self.config = server.config
         self.log = Logger(namespace=f"xmppcluster.modules.{self.name}")
+        #: The vhosts this module serves (``--sm-plugins`` and ``vhost-man/<domain>/sm-plugins``).
+        self.domains: frozenset[str] = frozenset(server.domains)
+
+    def serves(self, domain: str | None) -> bool:
+        """Whether the module is active for ``domain`` (IQs to a domain it does not serve get
+        ``service-unavailable``, and disco leaves its features out)."""
+        return domain in self.domains
 
     def handlers(self) -> list[tuple[str, Any, Callable]]:
         """The (kind, key, bound method) triples declared with @iq and @hook."""

@@ -23,9 +23,8 @@ ITEMS = "http://jabber.org/protocol/disco#items"
 
 
 def serves(module: Module, domain: str) -> bool:
-    """Whether ``module`` is active on ``domain`` (modules may define ``serves(domain)``; default yes)."""
-    check = getattr(module, "serves", None)
-    return True if check is None else bool(check(domain))
+    """Whether ``module`` is active on ``domain`` (see ``Module.serves``)."""
+    return bool(module.serves(domain))
 
 
 def requester(request: domish.Element) -> str | None:

@@ -144,6 +144,8 @@ class OfflineMessages(Module):
     @hook("message/offline")
     def message_offline(self, stanza: domish.Element, bare: str) -> bool:
         """Take responsibility for a message no resource of ``bare`` can take (True = handled)."""
+        if not self.serves(bare.partition("@")[2]):
+            return False  # offline storage is off for this vhost: the sender gets service-unavailable
         decision = offline_decision(stanza)
         if decision == DROP:
             return True

@@ -72,7 +72,8 @@ class Registration(Module):
 
     def serves(self, domain: str | None) -> bool:
         """In-band registration is on for ``domain`` (vhost option ``register``)."""
-        return domain is not None and bool(self.config.vhost_option(domain, "register"))
+        return (domain is not None and domain in self.domains
+                and bool(self.config.vhost_option(domain, "register")))
 
     def stream_features(self, stream: Any, stage: str) -> list[domish.Element]:
         if stage == "pre-auth" and stream.transport.secure and self.serves(stream.domain):
