@@ -474,7 +474,8 @@ class DocsTests(unittest.TestCase):
     def test_sample_documents_every_key(self):
         sample = self.read("etc", "init.properties")
         for setting in config.settings():
-            pattern = re.escape(setting.name).replace(re.escape("<port>"), "[0-9]+").replace(re.escape("<domain>"), "[^/]+")
+            pattern = re.escape(setting.name).replace(re.escape("<port>"), "[0-9]+")
+            pattern = pattern.replace(re.escape("<domain>"), "[^/]+")
             self.assertRegex(sample, rf"(?m)^#?{pattern}(\[.\])?\s*=", setting.name)
 
     def test_settings_table_has_defaults(self):
