@@ -308,3 +308,26 @@ class PostgresAccountTests(AccountTestsMixin, PostgresBackend, TestCase):
             await open_storage("postgresql://nobody:sekrit@127.0.0.1:1/none?connect_timeout=2")
         self.assertIn("cannot open database postgresql://nobody:***@127.0.0.1:1/none", str(caught.exception))
         self.assertNotIn("sekrit", str(caught.exception))
+
+
+class SharedSecretTests(TestCase):
+    """The SASL fake-salt key is one value per database, so every cluster node derives the same fake salts."""
+
+    async def check(self, backend: str) -> None:
+        from tests.support.databases import make_storage, storage_uri
+        from xmppcluster.storage.secrets import shared_secret
+
+        uri = storage_uri(self, backend)
+        first = await make_storage(self, backend, uri=uri)
+        second = await make_storage(self, backend, uri=uri)
+        a = await shared_secret(first.db, "sasl-fake-salt")
+        b = await shared_secret(second.db, "sasl-fake-salt")
+        self.assertEqual(a, b)
+        self.assertEqual(len(a), 32)
+        self.assertNotEqual(a, await shared_secret(first.db, "another"))
+
+    def test_sqlite(self):
+        return ensureDeferred(self.check("sqlite"))
+
+    def test_postgresql(self):
+        return ensureDeferred(self.check("postgresql"))

@@ -74,6 +74,8 @@ class XMPPServer:
             clock=clock,
         )
         self.modules: dict[str, Module] = {}
+        #: Keys the fake salts of unknown accounts: one value cluster-wide (from the shared database).
+        self.sasl_secret: bytes | None = None
         #: The node's cluster membership (xmppcluster.cluster.node.Cluster) in cluster mode, else None.
         self.cluster: Any = None
 

@@ -41,10 +41,12 @@ class ServerService(service.MultiService):
     async def _start(self) -> Any:
         from xmppcluster.server import XMPPServer
         from xmppcluster.storage import open_storage
+        from xmppcluster.storage.secrets import shared_secret
 
         storage = await open_storage(self.config.user_db_uri,
                                      scram_iterations=self.config.get("--", "scram-iterations"))
         self.server = XMPPServer(self.config, storage, self.certs, clock=self.reactor)
+        self.server.sasl_secret = await shared_secret(storage.db, "sasl-fake-salt")
         self.server.load_modules()
         self.server.start()
         if self.config.cluster_mode:

@@ -275,6 +275,7 @@ class ClientStream:
                 allow_anonymous=bool(self.server.config.vhost_option(self.domain, "anon")),
                 clock=self.clock,
                 iterations=self.server.config.get("--", "scram-iterations"),
+                secret=self.server.sasl_secret,
             )
         return self._sasl
 
