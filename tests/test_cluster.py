@@ -9,19 +9,12 @@ from twisted.trial.unittest import TestCase
 
 from tests.clients.raw import RawClient
 from tests.support.cluster import DOMAIN, ClusterFixture, make_cluster, migrate
+from tests.support.waiting import wait_until
 
 PASSWORD = "cluster pass"
 BODY = "{jabber:client}body"
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 class ClusterTestCase(TestCase):

@@ -10,7 +10,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 
 from cryptography import x509
 from service_identity import VerificationError
@@ -22,19 +21,17 @@ from tests.clients.tip1 import REL_WEBSOCKET, Session, Tip1Client, WebSocket, fe
 from tests.support.certs import make_cert
 from tests.support.server import test_ca
 from tests.support.vhost_cluster import DOMAIN, NODES, VhostCluster, make_vhost_cluster, migrate
+from tests.support.waiting import wait_until as _wait_until
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
+    return _wait_until(predicate, timeout, interval)
+
 
 T1, T2 = NODES
 PASSWORD = "tip two pass"
 
 
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 class FirstOf(random.Random):

@@ -24,6 +24,7 @@ from xmppcluster import stanza as stanzas
 from xmppcluster.auth.sasl import ChannelInfo, SASLServer
 from xmppcluster.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.sessions import Session
+from xmppcluster.tls import channel_binding, channel_binding_types
 
 if TYPE_CHECKING:
     from xmppcluster.server import XMPPServer
@@ -82,6 +83,18 @@ class StreamFailure(Exception):
         super().__init__(condition)
         self.condition = condition
         self.text = text
+
+
+def tls_channel_info(transport: Any, secure: bool) -> ChannelInfo:
+    """What SASL needs to know of a transport's TLS: whether it is on, and its channel-binding data."""
+    if not secure:
+        return ChannelInfo(secure=False, bindings={})
+    bindings = {}
+    for kind in channel_binding_types(transport):
+        data = channel_binding(transport, kind)
+        if data is not None:
+            bindings[kind] = data
+    return ChannelInfo(secure=True, bindings=bindings)
 
 
 def stream_error(condition: str, text: str | None = None) -> domish.Element:

@@ -34,8 +34,7 @@ from twisted.words.xish import domish
 
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
-from xmppcluster.streams.core import ClientStream, StreamHeader
-from xmppcluster.tls import channel_binding, channel_binding_types
+from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
 from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
@@ -268,14 +267,7 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         raise NotImplementedError("WebSocket has no STARTTLS; use a TLS (wss) listener")
 
     def channel_info(self) -> ChannelInfo:
-        if not self.secure:
-            return ChannelInfo(secure=False, bindings={})
-        bindings = {}
-        for kind in channel_binding_types(self.transport):
-            data = channel_binding(self.transport, kind)
-            if data is not None:
-                bindings[kind] = data
-        return ChannelInfo(secure=True, bindings=bindings)
+        return tls_channel_info(self.transport, self.secure)
 
     # -- internals ------------------------------------------------------------------------------------
 
