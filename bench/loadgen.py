@@ -110,13 +110,28 @@ class Client(asyncio.Protocol):
         self._check()
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise LoginFailed(f"timed out waiting for {pattern.pattern[:40]!r}; have {self.buf[-200:]!r}") from None
 
     # -- writing -------------------------------------------------------------------------------------
 
+    def encode(self, stanza: bytes) -> bytes:
+        """One stanza as this connection puts it on the wire (RFC 7395: one framed element with its xmlns)."""
+        if not self.websocket:
+            return stanza
+        for name in (b"<message", b"<presence", b"<iq"):
+            if stanza.startswith(name):
+                stanza = name + b" xmlns='jabber:client'" + stanza[len(name):]
+                break
+        return frame(stanza)
+
     def write(self, data: bytes) -> None:
-        self.transport.write(frame(data) if self.websocket else data)
+        """Write one stanza (or, on TCP, any bytes)."""
+        self.transport.write(self.encode(data))
+
+    def write_raw(self, data: bytes) -> None:
+        """Write already encoded bytes (see :meth:`encode`)."""
+        self.transport.write(data)
 
     def send(self, text: str) -> None:
         self.write(text.encode())
@@ -281,17 +296,17 @@ async def saturate(pairs: list[tuple[Client, Client]], window: int, warmup: floa
     counters = []
     running = [True]
     for sender, receiver in pairs:
-        one = message(receiver.jid, BODY)
+        one = sender.encode(message(receiver.jid, BODY))
 
         def refill(n: int, sender: Client = sender, one: bytes = one) -> None:
             if running[0]:
-                sender.write(one * n)
+                sender.write_raw(one * n)
 
         counter = Counter(refill)
         counters.append(counter)
         receiver.sink = counter
-    for (sender, receiver), counter in zip(pairs, counters, strict=True):
-        sender.write(message(receiver.jid, BODY) * window)
+    for sender, receiver in pairs:
+        sender.write_raw(sender.encode(message(receiver.jid, BODY)) * window)
     await asyncio.sleep(warmup)
     start_count, start = sum(c.total for c in counters), time.perf_counter()
     await asyncio.sleep(seconds)
@@ -306,8 +321,6 @@ async def saturate(pairs: list[tuple[Client, Client]], window: int, warmup: floa
 
 async def fixed_rate(pairs: list[tuple[Client, Client]], rate: float, warmup: float, seconds: float) -> list[int]:
     """Send ``rate`` messages/s spread over the pairs (1 ms ticks); one-way latencies in ns."""
-    stamps = Stamps()
-    stamps.record = False
     for _, receiver in pairs:
         receiver.sink = Stamps()
     sinks = [receiver.sink for _, receiver in pairs]

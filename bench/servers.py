@@ -67,7 +67,7 @@ def make_cert(path: str, names: list[str]) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
@@ -140,6 +140,7 @@ def xmppcluster_config(directory: str, ports: dict[str, int], db_uri: str, node:
         f"--ssl-certs-location={os.path.join(directory, 'certs')}", f"--scram-iterations={ITERATIONS}",
         "--vhost-tls-required=false", "--idle-timeout=3600", "--whitespace-keepalive=0",
         "--unauthenticated-timeout=120",
+        "--client-rate-limit=0",  # like Prosody with mod_limits off: no read throttling
         f"c2s/connections/ports[i]={ports['c2s']}", f"c2s/connections/{ports['c2s']}/ifc[s]=127.0.0.1",
         f"c2s/connections/{ports['c2s']}/tls/required[B]=false",
         f"bosh/connections/ports[i]={ports['bosh']}", f"bosh/connections/{ports['bosh']}/ifc[s]=127.0.0.1",
@@ -162,9 +163,9 @@ def start_xmppcluster(directory: str, config: str, node: str, ports: dict[str, i
     server = Server(name, directory, ports)
     server.log_file = open(os.path.join(directory, f"{node}.twistd.log"), "wb")
     server.process = subprocess.Popen(
-        pinned(cpu, [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(directory, f"{node}.twistd.log"),
-                     "xmppcluster", "--config", config, f"--node-name={node}"]),
-        cwd=directory, stdout=server.log_file, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
+        pinned(cpu, [TWISTD, "-n", "--pidfile=", "xmppcluster", "--config", config, f"--node-name={node}"]),
+        cwd=directory, stdout=server.log_file, stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))))
     wait_for_port(ports["c2s"])
     return server
 
@@ -202,7 +203,8 @@ def provision_xmppcluster(db_uri: str, users: list[str], rosters: dict[str, list
         "            for user, contacts in args['rosters'].items():\n"
         "                for contact in contacts:\n"
         "                    item = RosterItem(contact, subscription='both')\n"
-        "                    await store.modify(user, args['domain'], contact, lambda old, p, item=item: (item, None))\n"
+        "                    await store.modify(user, args['domain'], contact,\n"
+        "                                       lambda old, p, item=item: (item, None))\n"
         "    finally:\n"
         "        await storage.close()\n"
         "def run():\n"

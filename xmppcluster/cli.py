@@ -29,6 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("users", help="list accounts")
     sub.add_argument("domain", nargs="?", help="only this domain")
 
+    sub = commands.add_parser("import", help="import accounts and their data from XEP-0227 files")
+    sub.add_argument("files", nargs="+", metavar="FILE", help="XEP-0227 file, or a directory of *.xml files")
+    sub.add_argument("--replace", action="store_true", help="overwrite accounts that exist (default: skip them)")
+    sub.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    sub.add_argument("--batch-size", type=int, default=500, metavar="N", help="accounts per transaction")
+
+    sub = commands.add_parser("export", help="export accounts and their data as XEP-0227")
+    sub.add_argument("file", nargs="?", metavar="FILE", help="output file (default: standard output)")
+    sub.add_argument("--domain", action="append", metavar="D", help="only this domain (repeatable)")
+    sub.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    sub.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+
     sub = commands.add_parser("gencert", help="write a self-signed certificate for NAME(s)")
     sub.add_argument("names", nargs="+", metavar="NAME", help="DNS names; the first names the file")
     sub.add_argument("--out", metavar="FILE", help="output PEM (default: <certs>/<first name>.pem)")
@@ -60,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from xmppcluster.tls import gencert_main
 
         return gencert_main(args.config, args.names, out=args.out, force=args.force)
+    if args.command in ("import", "export"):
+        from xmppcluster import provision
+
+        return provision.import_main(args) if args.command == "import" else provision.export_main(args)
     if args.command == "reload-certs":
         from xmppcluster.reload import reload_certs_main
 

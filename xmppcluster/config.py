@@ -277,6 +277,11 @@ register(G, "unauthenticated-timeout", "I", 60, "Seconds a connection may stay u
 register(G, "idle-timeout", "I", 600, "Seconds without traffic before a client connection is closed.", minimum=1)
 register(G, "whitespace-keepalive", "I", 90, "Seconds between whitespace keepalives on idle streams (0 = off).",
          minimum=0)
+register(G, "client-rate-limit", "I", 262144,
+         "Bytes per second a client connection may send (TCP and WebSocket); faster input is read more "
+         "slowly, never dropped (0 = no limit).", minimum=0)
+register(G, "client-rate-burst", "I", 1048576, "Bytes a client may send at once above the rate limit.",
+         minimum=0)
 register(G, "scram-iterations", "I", 4096, "PBKDF2 iterations for newly stored SCRAM credentials.",
          minimum=4096, maximum=10_000_000)
 register(G, "auth-failure-delay", "F", 1.0, "Seconds of delay after a failed authentication (doubles per failure).",

@@ -36,6 +36,8 @@ class Limits:
     unauthenticated_timeout: float
     idle_timeout: float
     whitespace_keepalive: float
+    client_rate: int
+    client_burst: int
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -47,6 +49,8 @@ class Limits:
             unauthenticated_timeout=float(get("--", "unauthenticated-timeout")),
             idle_timeout=float(get("--", "idle-timeout")),
             whitespace_keepalive=float(get("--", "whitespace-keepalive")),
+            client_rate=get("--", "client-rate-limit"),
+            client_burst=get("--", "client-rate-burst"),
         )
 
 

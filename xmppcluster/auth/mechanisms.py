@@ -191,7 +191,21 @@ class Plain(Mechanism):
         except ValueError:  # password fails SASLprep
             proven = False
         verdict(user, proven, refusal)
+        if credentials.mechanism != "SCRAM-SHA-256":
+            await self._complete_credentials(user, password)
         return Success(user)
+
+    async def _complete_credentials(self, user: str, password: str) -> None:
+        """An account with SCRAM-SHA-1 keys only (e.g. imported from Prosody) gets SCRAM-SHA-256 keys too,
+        now that the password is known; a failure here never fails the login."""
+        store = getattr(self.ctx.credentials, "set_password", None)
+        if store is None:
+            return
+        try:
+            await store(user, self.ctx.domain, password)
+        except Exception:
+            _log.failure("could not add SCRAM-SHA-256 credentials for {user}@{domain}", user=user,
+                         domain=self.ctx.domain)
 
 
 class Anonymous(Mechanism):

@@ -45,6 +45,8 @@ class Link(Protocol):
     # -- connection --------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)  # stanzas are small and latency-bound: no Nagle delay
         self.parser = StreamParser(self, max_stanza_bytes=wire.MAX_ELEMENT_BYTES,
                                    max_elements=wire.MAX_ELEMENTS, max_depth=wire.MAX_DEPTH)
         self.last_heard = self.cluster.clock.seconds()

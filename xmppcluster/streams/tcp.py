@@ -15,6 +15,7 @@ from twisted.words.xish import domish
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
+from xmppcluster.streams.throttle import ReadThrottle
 from xmppcluster.xml import StreamFault, StreamParser
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class ClientConnection(Protocol):
         self.peer = "?"
         self.stream: ClientStream | None = None
         self.parser: StreamParser | None = None
+        self.throttle: ReadThrottle | None = None
         self._keepalive = None
         self._sent_since_keepalive = False
         self._closing = False
@@ -60,10 +62,16 @@ class ClientConnection(Protocol):
         self.parser = StreamParser(self, max_stanza_bytes=limits.max_stanza_bytes,
                                    max_elements=limits.max_elements, max_depth=limits.max_depth)
         self.stream = ClientStream(self.server, self, tls_required=self.listener.tls_required)
+        self.throttle = ReadThrottle(self.transport, self.server.clock, limits.client_rate, limits.client_burst,
+                                     self._feed)
         if limits.whitespace_keepalive > 0:
             self._keepalive = self.server.clock.callLater(limits.whitespace_keepalive, self._send_keepalive)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.stream is not None and not self._closing:
+            self.throttle.received(data)
+
+    def _feed(self, data: bytes) -> None:
         stream = self.stream
         if stream is None or self._closing:
             return
@@ -76,6 +84,8 @@ class ClientConnection(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:
         if self._keepalive is not None and self._keepalive.active():
             self._keepalive.cancel()
+        if self.throttle is not None:
+            self.throttle.stop()
         if self.stream is not None:
             why = reason.getErrorMessage() if reason is not None else "connection lost"
             self.stream.connection_lost(f"connection lost ({why})" if not self._closing else "closed")
@@ -118,6 +128,7 @@ class ClientConnection(Protocol):
         if self._closing:
             return
         self._closing = True
+        self.throttle.stop()
         if error is not None:
             self.transport.write(serialize(error))
         self.transport.write(_CLOSE)

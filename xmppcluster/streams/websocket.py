@@ -35,6 +35,7 @@ from twisted.words.xish import domish
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
+from xmppcluster.streams.throttle import ReadThrottle
 from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         self._ping_timer: Any = None
         self._idle_timer: Any = None
         self._drop_timer: Any = None
+        self._throttle: ReadThrottle | None = None
 
     # StreamTransport wants ``peer`` to be the client's address; autobahn keeps its own ``peer`` string
     # ("tcp4:1.2.3.4:5678"), so ours is exposed under the protocol's name through this property.
@@ -156,16 +158,24 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.stream = ClientStream(self.server, self, tls_required=False, offer_starttls=False)
         clock = self.server.clock
+        limits = self.server.limits
+        self._throttle = ReadThrottle(self.transport, clock, limits.client_rate, limits.client_burst,
+                                      lambda message: self._message(*message))
         self._last_heard = clock.seconds()
         if self.settings.ping_interval > 0:
             self._ping_timer = clock.callLater(self.settings.ping_interval, self._ping_tick)
         self._idle_timer = clock.callLater(self.settings.idle_timeout, self._idle)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.stream is None or self._closing:
+            return
+        self._traffic()
+        self._throttle.received((payload, isBinary), len(payload))
+
+    def _message(self, payload: bytes, isBinary: bool) -> None:
         stream = self.stream
         if stream is None or self._closing:
             return
-        self._traffic()
         if isBinary:
             self._fail(CLOSE_UNSUPPORTED_DATA, "unsupported-encoding",
                        "only text WebSocket messages carry XMPP (RFC 7395 section 3.2)")
@@ -188,6 +198,8 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._stop_timers()
+        if self._throttle is not None:
+            self._throttle.stop()
         if self._drop_timer is not None and self._drop_timer.active():
             self._drop_timer.cancel()
         self._drop_timer = None
@@ -279,6 +291,8 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
             return
         self._closing = True
         self._stop_timers()
+        if self._throttle is not None:
+            self._throttle.stop()
         if error is not None:
             self._write(error)
         close = domish.Element((ns.FRAMING, "close"))

@@ -1,0 +1,432 @@
+"""xmppcluster against Prosody, measured in the same run.
+
+    .venv/bin/python bench/run.py                 # every scenario, full size (minutes)
+    .venv/bin/python bench/run.py --smoke         # every scenario, tiny (seconds; what CI runs)
+    .venv/bin/python bench/run.py login tcp       # only these scenarios
+
+Servers run pinned to CPU 0 (``taskset -c 0``), this process (the load generator) to CPU 1. Each scenario
+prints one JSON line and one human line: the xmppcluster figure, the Prosody figure and their ratio against
+the target. Prosody comes from the Debian package (installed when absent, as root, unless --no-install);
+without it the ratios are null. Exit status 0 unless a scenario could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import loadgen  # noqa: E402
+import servers  # noqa: E402
+from loadgen import percentile  # noqa: E402
+
+SERVER_CPU, CLIENT_CPU = 0, 1
+FULL = dict(pairs=50, window=10, seconds=5.0, warmup=1.0, rate=2000, logins=200, concurrency=20,
+            login_seconds=8.0, memory=(1000, 10000), fanout=(100, 1000), rounds=5, web_pairs=100,
+            web_rate=1000, bosh_pairs=100)
+SMOKE = dict(pairs=2, window=4, seconds=0.4, warmup=0.2, rate=200, logins=3, concurrency=2,
+             login_seconds=0.5, memory=(5,), fanout=(3,), rounds=2, web_pairs=2, web_rate=100, bosh_pairs=2)
+# memory runs late: closing 10,000 sessions leaves the server busy (storage writes) for a while.
+SCENARIOS = ("login", "tcp", "starttls", "latency", "presence", "websocket", "bosh", "memory", "cluster")
+
+
+class Target:
+    """One server under test as the generator sees it."""
+
+    def __init__(self, server: servers.Server, users: list[str]) -> None:
+        self.server = server
+        self.users = users
+        self.resources = 0
+
+    async def client(self, user: str, *, starttls: bool = False, websocket: bool = False, port: str = "c2s",
+                     presence: str | None = "<presence/>", roster: bool = True) -> loadgen.Client:
+        self.resources += 1
+        ws = self.server.ws_path if websocket else None
+        client = await loadgen.connect("127.0.0.1", self.server.ports["ws" if websocket else port], servers.DOMAIN,
+                                       websocket=ws)
+        try:
+            await client.login(user, servers.PASSWORD, f"r{self.resources}", starttls=starttls, presence=presence,
+                               roster=roster)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def many(self, users: list[str], concurrency: int = 50, **kw) -> list[loadgen.Client]:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(user: str) -> loadgen.Client:
+            async with semaphore:
+                return await self.client(user, **kw)
+
+        return list(await asyncio.gather(*(one(u) for u in users)))
+
+
+def close_all(clients) -> None:
+    for client in clients:
+        client.close()
+
+
+# -- scenarios: each returns {metric: value} for one target ---------------------------------------------
+
+
+async def login(target: Target, p: dict) -> dict:
+    pool = target.users[: max(p["concurrency"] * 2, 10)]
+    timings: list[float] = []
+
+    async def once(user: str) -> None:
+        start = time.perf_counter()
+        client = await target.client(user, starttls=True)
+        timings.append(time.perf_counter() - start)
+        client.send("</stream:stream>")
+        client.close()
+
+    for user in pool[: p["concurrency"]]:  # warm the client's PBKDF2 cache
+        await once(user)
+    timings.clear()
+    start = time.perf_counter()
+    for i in range(p["logins"]):
+        await once(pool[i % len(pool)])
+    sequential = p["logins"] / (time.perf_counter() - start)
+    seq_p50, seq_p99 = percentile(timings, 50), percentile(timings, 99)
+    timings.clear()
+    deadline = time.perf_counter() + p["login_seconds"]
+    count = 0
+
+    async def worker(index: int) -> None:
+        nonlocal count
+        n = 0
+        while time.perf_counter() < deadline:
+            await once(pool[(index + n * p["concurrency"]) % len(pool)])
+            n += 1
+            count += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(p["concurrency"])))
+    concurrent = count / (time.perf_counter() - start)
+    return {"sequential_per_s": round(sequential, 1), "sequential_p50_ms": round(seq_p50 * 1e3, 2),
+            "sequential_p99_ms": round(seq_p99 * 1e3, 2), "concurrent_per_s": round(concurrent, 1),
+            "concurrent_p50_ms": round(percentile(timings, 50) * 1e3, 2),
+            "concurrent_p99_ms": round(percentile(timings, 99) * 1e3, 2), "concurrency": p["concurrency"]}
+
+
+async def _pairs(target: Target, n: int, **kw) -> list[tuple[loadgen.Client, loadgen.Client]]:
+    clients = await target.many(target.users[: 2 * n], **kw)
+    return [(clients[2 * i], clients[2 * i + 1]) for i in range(n)]
+
+
+async def _throughput(target: Target, p: dict, **kw) -> dict:
+    pairs = await _pairs(target, p["pairs"], **kw)
+    try:
+        runs = [await loadgen.saturate(pairs, p["window"], p["warmup"], p["seconds"]) for _ in range(3)]
+    finally:
+        close_all(c for pair in pairs for c in pair)
+    return {"messages_per_s": round(statistics.median(runs)), "runs": [round(r) for r in runs],
+            "pairs": p["pairs"], "window": p["window"]}
+
+
+async def tcp(target: Target, p: dict) -> dict:
+    return await _throughput(target, p)
+
+
+async def starttls(target: Target, p: dict) -> dict:
+    return await _throughput(target, p, starttls=True)
+
+
+async def _latency(target_pairs, p: dict, rate: float) -> dict:
+    latencies = await loadgen.fixed_rate(target_pairs, rate, p["warmup"], p["seconds"] * 2)
+    return {"rate": rate, "samples": len(latencies), "p50_ms": round(percentile(latencies, 50) / 1e6, 3),
+            "p99_ms": round(percentile(latencies, 99) / 1e6, 3), "max_ms": round(max(latencies or [0]) / 1e6, 3)}
+
+
+async def latency(target: Target, p: dict) -> dict:
+    pairs = await _pairs(target, p["pairs"])
+    try:
+        return await _latency(pairs, p, p["rate"])
+    finally:
+        close_all(c for pair in pairs for c in pair)
+
+
+async def memory(target: Target, p: dict) -> dict:
+    result = {}
+    for n in p["memory"]:
+        warm = await target.many(target.users[:2], starttls=True)
+        close_all(warm)
+        await asyncio.sleep(1.0)
+        before = target.server.rss_kib()
+        clients = await target.many(target.users[:n], starttls=True)
+        await asyncio.sleep(2.0)
+        after = target.server.rss_kib()
+        close_all(clients)
+        result[f"kib_per_session_{n}"] = round((after - before) / n, 1)
+        result[f"rss_before_kib_{n}"], result[f"rss_after_kib_{n}"] = before, after
+        await asyncio.sleep(2.0)
+    return result
+
+
+async def presence(target: Target, p: dict) -> dict:
+    result = {}
+    for n in p["fanout"]:
+        contacts = await target.many(target.users[:n])
+        fan = await target.client(f"fan{n}")
+        await asyncio.sleep(1.0 if n > 10 else 0.2)
+        rounds_p50, rounds_all = [], []
+        try:
+            for k in range(p["rounds"]):
+                marker = f"upd{k}x".encode()
+                arrivals: list[float] = []
+                done = asyncio.get_running_loop().create_future()
+
+                def sink(data: bytes, client: loadgen.Client, marker: bytes = marker, arrivals=arrivals,
+                         done=done, n: int = n) -> None:
+                    if marker in data:
+                        arrivals.append(time.perf_counter())
+                        client.sink = _ignore
+                        if len(arrivals) == n and not done.done():
+                            done.set_result(None)
+
+                for c in contacts:
+                    c.sink = (lambda data, c=c, sink=sink: sink(data, c))
+                start = time.perf_counter()
+                fan.send(f"<presence><status>{marker.decode()}</status></presence>")
+                try:
+                    await asyncio.wait_for(done, 30)
+                except TimeoutError:
+                    pass
+                times = [a - start for a in arrivals]
+                rounds_p50.append(percentile(times, 50))
+                rounds_all.append(max(times) if len(times) == n else float("inf"))
+                await asyncio.sleep(0.3)
+        finally:
+            close_all([*contacts, fan])
+        result[f"p50_ms_{n}"] = round(statistics.median(rounds_p50) * 1e3, 2)
+        result[f"all_ms_{n}"] = round(statistics.median(rounds_all) * 1e3, 2)
+        await asyncio.sleep(1.0)
+    return result
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+async def websocket(target: Target, p: dict) -> dict:
+    pairs = await _pairs(target, p["web_pairs"], websocket=True)
+    try:
+        rate = await loadgen.saturate(pairs, p["window"], p["warmup"], p["seconds"])
+        lat = await _latency(pairs, p, p["web_rate"])
+    finally:
+        close_all(c for pair in pairs for c in pair)
+    return {"messages_per_s": round(rate), "sessions": 2 * p["web_pairs"], **{f"lat_{k}": v for k, v in lat.items()}}
+
+
+async def bosh(target: Target, p: dict) -> dict:
+    import boshgen
+
+    return await boshgen.bosh_scenario(target.server, target.users[: 2 * p["bosh_pairs"]], p)
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+TARGETS = {
+    # scenario: (metric, higher is better, required ratio xmppcluster/prosody, description)
+    "login": ("concurrent_per_s", True, 1.5, "logins/s (STARTTLS+SCRAM-SHA-1+bind+roster+presence)"),
+    "tcp": ("messages_per_s", True, 1.5, "1:1 messages/s, plain TCP"),
+    "starttls": ("messages_per_s", True, 1.5, "1:1 messages/s, STARTTLS"),
+    "latency": ("p99_ms", False, None, "latency at a fixed rate"),
+    "memory": (None, False, 1.0, "KiB per idle authenticated session"),
+    "presence": (None, False, 0.5, "presence update to N online contacts"),
+    "websocket": ("messages_per_s", True, 1.2, "WebSocket messages/s"),
+    "bosh": ("messages_per_s", True, 1.5, "BOSH messages/s"),
+}
+
+
+def compare(name: str, ours: dict, theirs: dict | None, p: dict) -> dict:
+    metric, higher, need, _ = TARGETS[name]
+    line = {"scenario": name, "xmppcluster": ours, "prosody": theirs}
+    if name == "memory":
+        metric = f"kib_per_session_{p['memory'][-1]}"
+    if name == "presence":
+        metric = f"p50_ms_{p['fanout'][-1]}"
+    line["metric"] = metric
+    if name == "latency":
+        line["target"] = "p99 <= 2 ms"
+        line["met"] = ours["p99_ms"] <= 2.0
+    if theirs is not None and theirs.get(metric):
+        line["ratio"] = round(ours[metric] / theirs[metric], 3)
+        if need is not None:
+            line["target"] = f"ratio {'>=' if higher else '<='} {need}"
+            line["met"] = line["ratio"] >= need if higher else line["ratio"] <= need
+    else:
+        line["ratio"] = None
+    return line
+
+
+def human(line: dict) -> str:
+    metric = line["metric"]
+    ours = line["xmppcluster"].get(metric)
+    theirs = (line["prosody"] or {}).get(metric)
+    verdict = "" if "met" not in line else (" OK" if line["met"] else " MISSED")
+    return (f"{line['scenario']:>10}: {metric} xmppcluster={ours} prosody={theirs} ratio={line['ratio']}"
+            f" ({line.get('target', 'no target')}){verdict}")
+
+
+async def run_cluster(base: str, p: dict, users: list[str], single_rate: float | None) -> dict:
+    """Two xmppcluster nodes (both on the server CPU) sharing one database: t1 -> t2 against t1 -> t1."""
+    directory, db_uri = servers.xmppcluster_directory(os.path.join(base, "cluster"))
+    names = [f"t1.{servers.DOMAIN}", f"t2.{servers.DOMAIN}"]
+    ports = {n: {k: servers.free_port() for k in ("c2s", "bosh", "ws", "cluster")} for n in names}
+    members = ",".join(f"{n}:secret-{i}:{ports[n]['cluster']}:127.0.0.1" for i, n in enumerate(names))
+    servers.provision_xmppcluster(db_uri, users[: 2 * p["pairs"]], {})
+    nodes = []
+    try:
+        for n in names:
+            config = servers.xmppcluster_config(directory, ports[n], db_uri, n, cluster=members)
+            nodes.append(servers.start_xmppcluster(directory, config, n, ports[n], SERVER_CPU, name=n))
+        await asyncio.sleep(2.0)  # links up
+        t1, t2 = Target(nodes[0], users), Target(nodes[1], users)
+        out: dict = {}
+        for label, receiver_target in (("local", t1), ("cross", t2)):
+            senders = await t1.many(users[: p["pairs"]])
+            receivers = await receiver_target.many(users[p["pairs"]: 2 * p["pairs"]])
+            pairs = list(zip(senders, receivers, strict=True))
+            await asyncio.sleep(0.5)
+            try:
+                runs = [await loadgen.saturate(pairs, p["window"], p["warmup"], p["seconds"]) for _ in range(3)]
+                lat = await _latency(pairs, p, p["rate"])
+            finally:
+                close_all([*senders, *receivers])
+            out[f"{label}_messages_per_s"] = round(statistics.median(runs))
+            out[f"{label}_p50_ms"], out[f"{label}_p99_ms"] = lat["p50_ms"], lat["p99_ms"]
+            await asyncio.sleep(1.0)
+        out["cross_vs_local_throughput"] = round(out["cross_messages_per_s"] / out["local_messages_per_s"], 3)
+        out["cross_vs_local_p99"] = round(out["cross_p99_ms"] / out["local_p99_ms"], 3)
+        if single_rate:
+            out["cross_vs_single_node_throughput"] = round(out["cross_messages_per_s"] / single_rate, 3)
+        return out
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    p = dict(SMOKE if args.smoke else FULL)
+    wanted = args.scenarios or list(SCENARIOS)
+    base = tempfile.mkdtemp(prefix="xmppbench-")
+    n_users = max(2 * p["pairs"], max(p["memory"]), max(p["fanout"]), 2 * p["web_pairs"], 2 * p["bosh_pairs"], 40)
+    users = [f"u{i}" for i in range(n_users)]
+    fans = [f"fan{n}" for n in p["fanout"]]
+    rosters = {f"fan{n}": users[:n] for n in p["fanout"]}
+    for i, user in enumerate(users[: max(p["fanout"])]):
+        rosters[user] = [f"fan{n}@{servers.DOMAIN}" for n in p["fanout"] if i < n]
+    rosters = {u: [c if "@" in c else f"{c}@{servers.DOMAIN}" for c in cs] for u, cs in rosters.items()}
+    started = []
+    meta = {"machine": os.uname().machine, "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "smoke": args.smoke}
+    try:
+        directory, db_uri = servers.xmppcluster_directory(base)
+        t0 = time.perf_counter()
+        servers.provision_xmppcluster(db_uri, users + fans, rosters if "presence" in wanted else {})
+        config = servers.xmppcluster_config(directory, {"c2s": servers.free_port(), "bosh": servers.free_port(),
+                                                        "ws": servers.free_port()}, db_uri, f"t1.{servers.DOMAIN}")
+        ports = {}
+        for line in open(config):
+            for key, prefix in (("c2s", "c2s/connections/ports[i]="), ("bosh", "bosh/connections/ports[i]="),
+                                ("ws", "ws2s/connections/ports[i]=")):
+                if line.startswith(prefix):
+                    ports[key] = int(line.strip().split("=")[1])
+        ours = servers.start_xmppcluster(directory, config, f"t1.{servers.DOMAIN}", ports, SERVER_CPU)
+        started.append(ours)
+        targets = {"xmppcluster": Target(ours, users)}
+        prosody_bin = None if args.no_prosody else servers.prosody_available(install=not args.no_install)
+        if prosody_bin is not None:
+            prosody = servers.start_prosody(base, SERVER_CPU, users + fans,
+                                            rosters if "presence" in wanted else {})
+            started.append(prosody)
+            targets["prosody"] = Target(prosody, users)
+            meta["prosody"] = servers.prosody_version()
+        meta["setup_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"meta": meta}), flush=True)
+        failed = 0
+        single_rate = None
+        for name in wanted:
+            if name == "cluster":
+                continue
+            results: dict[str, dict | None] = {"prosody": None}
+            for label, target in targets.items():
+                try:
+                    results[label] = await globals()[name](target, p)
+                except Exception as e:  # report and go on: one broken scenario must not hide the others
+                    results[label] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                    if label == "xmppcluster":
+                        failed += 1
+                await asyncio.sleep(0.5)
+            if "error" in results["xmppcluster"] or (results["prosody"] and "error" in results["prosody"]):
+                line = {"scenario": name, "xmppcluster": results["xmppcluster"], "prosody": results["prosody"]}
+                print(json.dumps(line), flush=True)
+                print(f"{name:>10}: ERROR {line}", flush=True)
+                continue
+            if name == "tcp":
+                single_rate = results["xmppcluster"]["messages_per_s"]
+            line = compare(name, results["xmppcluster"], results["prosody"], p)
+            print(json.dumps(line), flush=True)
+            print(human(line), flush=True)
+        if "cluster" in wanted:
+            try:
+                out = await run_cluster(base, p, users, single_rate)
+                line = {"scenario": "cluster", "xmppcluster": out, "prosody": None,
+                        "target": "cross >= 0.7 x local throughput, cross p99 <= 2 x local p99",
+                        "met": out["cross_vs_local_throughput"] >= 0.7 and out["cross_vs_local_p99"] <= 2.0}
+                print(json.dumps(line), flush=True)
+                print(f"{'cluster':>10}: local {out['local_messages_per_s']}/s p99 {out['local_p99_ms']} ms, "
+                      f"t1->t2 {out['cross_messages_per_s']}/s p99 {out['cross_p99_ms']} ms, ratio "
+                      f"{out['cross_vs_local_throughput']} ({line['target']}) {'OK' if line['met'] else 'MISSED'}",
+                      flush=True)
+            except Exception as e:
+                failed += 1
+                print(json.dumps({"scenario": "cluster", "xmppcluster": {"error": f"{type(e).__name__}: {e}"}}))
+        return 1 if failed else 0
+    finally:
+        for server in started:
+            if not server.alive():
+                print(f"# {server.name} died:\n{server.log_tail()}", file=sys.stderr)
+            server.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--no-prosody", action="store_true", help="measure xmppcluster only")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install prosody")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if args.smoke:
+        args.no_install = True
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
