@@ -391,3 +391,40 @@ class PartitionTests(ClusterTestCase):
             self.assertEqual(views["t1.example.com"]["links"]["t3.example.com"], 2)
 
         return ensure(scenario())
+
+
+class QuickRestartTests(ClusterTestCase):
+    """t2 dies and is back before the failure timeout: its old sessions must not linger as ghosts."""
+
+    async def setUp(self) -> None:
+        self.cluster = make_cluster(self, 2, failure_timeout=30.0)
+        await migrate(self.cluster)
+        await self.cluster.add_users(f"alice@{DOMAIN}", f"bob@{DOMAIN}", password=PASSWORD)
+        for name in self.cluster.nodes:
+            self.cluster.start(name, wait=False)
+        for name in self.cluster.nodes:
+            await deferToThread(self.wait_linked, name)
+
+    def test_sessions_of_a_quickly_restarted_node_go_unavailable_once(self) -> None:
+        cluster = self.cluster
+
+        def before():
+            alice = self.client("t1.example.com", "alice", "a")
+            bob = self.client("t2.example.com", "bob", "b")
+            subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
+            presences_from(alice, f"bob@{DOMAIN}/b", 1.0)
+            return alice
+
+        def restart_and_watch(alice):
+            cluster.kill("t2.example.com")
+            cluster.start("t2.example.com")
+            wait_until(lambda: cluster.log("t1.example.com").count("link to t2.example.com up") >= 2, 20)
+            return [p for p in presences_from(alice, f"bob@{DOMAIN}/b", 3.0) if p.get("type") == "unavailable"]
+
+        async def scenario():
+            alice = await deferToThread(before)
+            unavailable = await deferToThread(restart_and_watch, alice)
+            self.assertEqual(len(unavailable), 1)
+            self.assertNotIn("node t2.example.com is down", cluster.log("t1.example.com"))
+
+        return ensure(scenario())

@@ -132,17 +132,22 @@ class Directory:
             self.sessions.unbind(remote)
         return remote
 
-    def sync(self, node: str, element: domish.Element) -> None:
-        """Replace everything known of ``node`` with its full list."""
+    def sync(self, node: str, element: domish.Element) -> list[RemoteSession]:
+        """Replace everything known of ``node`` with its full list; return the sessions that vanished
+        (a node that restarted faster than the failure timeout no longer has them)."""
         listed = {child.getAttribute("jid") for child in element.elements(element.uri, "bound")}
+        vanished = []
         for jid in [j for j in self.by_node.get(node, {}) if j not in listed]:
-            self.unbound(node, jid)
+            remote = self.unbound(node, jid)
+            if remote is not None:
+                vanished.append(remote)
         for child in element.elements(element.uri, "bound"):
             known = self.by_node.get(node, {}).get(child.getAttribute("jid"))
             if known is not None:
                 known.priority, known.interested, known.presence = parse_state(child)
             else:
                 self.bound(node, child)
+        return vanished
 
     def drop_node(self, node: str) -> list[RemoteSession]:
         """Forget every session of ``node``; return them."""

@@ -63,7 +63,8 @@ class Cluster:
         self._sent: dict[str, int] = {}
         self._connecting: dict[str, Any] = {}
         self._backoff: dict[str, float] = {}
-        self._suspects: dict[str, float] = {}
+        self._suspects: dict[str, float] = {}  # node -> since when it is unreachable
+        self._waiting: dict[str, list[tuple[domish.Element, str]]] = {}  # stanzas for an unreachable node
         self._stopping = False
         self._sweeper = None
         self.bosh = None
@@ -208,6 +209,8 @@ class Cluster:
         self._outbox[peer] = deque()
         local = [s for s in self.server.sessions if s.node is None]
         link.send(b"<sync>" + b"".join(describe(s) for s in local) + b"</sync>")
+        for stanza, jid in self._waiting.pop(peer, []):
+            self.route_to(peer, stanza, jid)
         log.info("cluster: link to {peer} up ({n} local sessions sent)", peer=peer, n=len(local))
 
     def link_lost(self, link: Link, why: str) -> None:
@@ -222,30 +225,40 @@ class Cluster:
             self._connecting.pop(peer, None)
             self._judge()
         for stanza, jid in unacked:
-            self.server.router.undeliverable(stanza, jid.partition("/")[0])
+            self.route_to(peer, stanza, jid)  # waits for the reconnect, or rerouted if the node is dead
 
     def _judge(self) -> None:
-        """Declare dead the suspects that no live peer still reaches."""
-        for peer in list(self._suspects):
+        """Declare dead the suspects unreachable for ``failure-timeout`` that no live peer still reaches."""
+        now = self.clock.seconds()
+        for peer, since in list(self._suspects.items()):
             if peer in self.links:
                 self._suspects.pop(peer)
                 continue
             if any(peer in link.peer_links for link in self.links.values()):
-                continue  # alive behind another node: stanzas go through it
+                self._suspects[peer] = now  # alive behind another node: stanzas go through it
+                continue
+            if now - since < self.failure_timeout:
+                continue  # a blip or a quick restart: the reconnect's <sync/> will tell
             self._suspects.pop(peer)
             self._declare_dead(peer)
 
     def _declare_dead(self, peer: str) -> None:
+        waiting = self._waiting.pop(peer, [])
         gone = self.directory.drop_node(peer)
         self.dead.add(peer)
-        survivors = sorted([self.name, *self.links])
-        announcer = survivors[0] == self.name
+        announcer = self._announcer(excluding=peer)
         log.warn("cluster: node {peer} is down; {n} sessions removed{who}", peer=peer, n=len(gone),
                  who=" (this node announces them unavailable)" if announcer else "")
         self.server.hooks.fire("cluster/node-down", peer)
         if announcer:
             for remote in gone:
                 self.server.hooks.fire("session/unbound", remote, f"node {peer} down")
+        for stanza, jid in waiting:
+            self.server.router.undeliverable(stanza, jid.partition("/")[0])
+
+    def _announcer(self, excluding: str) -> bool:
+        """Whether this node speaks for ``excluding``'s lost sessions: the first live node by name."""
+        return min([self.name, *(n for n in self.links if n != excluding)]) == self.name
 
     def acknowledged(self, link: Link, count: int) -> None:
         outbox = self._outbox.get(link.peer)
@@ -282,7 +295,10 @@ class Cluster:
         elif name == "unbound":
             self.directory.unbound(peer, element.getAttribute("jid") or "")
         elif name == "sync":
-            self.directory.sync(peer, element)
+            vanished = self.directory.sync(peer, element)
+            if vanished and self._announcer(excluding=peer):
+                for remote in vanished:  # ended while we could not hear of it: say so, once
+                    self.server.hooks.fire("session/unbound", remote, f"gone from {peer}")
         elif name == "kick":
             self._kick(element.getAttribute("jid") or "", element.getAttribute("condition") or "conflict")
         elif name == "event":
@@ -318,7 +334,11 @@ class Cluster:
         if relay is not None:
             relay.send(f"<r session={session} node={quoteattr(node)}>{body}</r>".encode())
             return
-        # The owner is gone: forget its sessions now and deliver elsewhere (other resources, offline).
+        if node in self._suspects:
+            # Unreachable for now: keep it until the node is back (sent then) or declared dead (rerouted).
+            self._waiting.setdefault(node, []).append((stanza, jid))
+            return
+        # Not a member we can reach at all: forget its sessions and deliver elsewhere.
         self.directory.drop_node(node)
         self.server.router.undeliverable(stanza, jid.partition("/")[0])
 
