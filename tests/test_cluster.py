@@ -21,8 +21,12 @@ class ClusterTestCase(TestCase):
     timeout = 90
     nodes = 2
 
+    def make(self) -> ClusterFixture:
+        """The cluster under test (subclasses change its shape)."""
+        return make_cluster(self, self.nodes)
+
     async def setUp(self) -> None:
-        self.cluster: ClusterFixture = make_cluster(self, self.nodes)
+        self.cluster: ClusterFixture = self.make()
         await migrate(self.cluster)
         await self.cluster.add_users(*(f"{u}@{DOMAIN}" for u in ("alice", "bob", "carol")), password=PASSWORD)
         for name in self.cluster.nodes:
@@ -280,14 +284,8 @@ def ensure(coro):
 class DiscoveryTests(ClusterTestCase):
     """No --cluster-nodes: the nodes find each other through the cluster_nodes table."""
 
-    async def setUp(self) -> None:
-        self.cluster = make_cluster(self, 2, discovery=True)
-        await migrate(self.cluster)
-        await self.cluster.add_users(f"alice@{DOMAIN}", f"bob@{DOMAIN}", password=PASSWORD)
-        for name in self.cluster.nodes:
-            self.cluster.start(name, wait=False)
-        for name in self.cluster.nodes:
-            await deferToThread(self.wait_linked, name)
+    def make(self) -> ClusterFixture:
+        return make_cluster(self, 2, discovery=True)
 
     def test_nodes_discover_each_other_and_route(self) -> None:
         def scenario():
@@ -329,21 +327,16 @@ class PartitionTests(ClusterTestCase):
 
     nodes = 3
 
-    async def setUp(self) -> None:
+    def make(self) -> ClusterFixture:
         from tests.support.cluster import CuttableLink
         from tests.support.server import free_port
 
         proxy_port = free_port()
-        self.cluster = make_cluster(self, 3, via={("t1.example.com", "t3.example.com"): proxy_port})
-        self.proxy = CuttableLink(proxy_port, self.cluster.ports["t3.example.com"]["cluster"])
+        cluster = make_cluster(self, 3, via={("t1.example.com", "t3.example.com"): proxy_port})
+        self.proxy = CuttableLink(proxy_port, cluster.ports["t3.example.com"]["cluster"])
         self.proxy.heal()
         self.addCleanup(self.proxy.cut)
-        await migrate(self.cluster)
-        await self.cluster.add_users(*(f"{u}@{DOMAIN}" for u in ("alice", "bob", "carol")), password=PASSWORD)
-        for name in self.cluster.nodes:
-            self.cluster.start(name, wait=False)
-        for name in self.cluster.nodes:
-            await deferToThread(self.wait_linked, name)
+        return cluster
 
     async def directory_views(self) -> dict[str, dict]:
         """What every node's heartbeat row says: its own sessions and how many of each peer's it knows."""
@@ -396,14 +389,8 @@ class PartitionTests(ClusterTestCase):
 class QuickRestartTests(ClusterTestCase):
     """t2 dies and is back before the failure timeout: its old sessions must not linger as ghosts."""
 
-    async def setUp(self) -> None:
-        self.cluster = make_cluster(self, 2, failure_timeout=30.0)
-        await migrate(self.cluster)
-        await self.cluster.add_users(f"alice@{DOMAIN}", f"bob@{DOMAIN}", password=PASSWORD)
-        for name in self.cluster.nodes:
-            self.cluster.start(name, wait=False)
-        for name in self.cluster.nodes:
-            await deferToThread(self.wait_linked, name)
+    def make(self) -> ClusterFixture:
+        return make_cluster(self, 2, failure_timeout=30.0)
 
     def test_sessions_of_a_quickly_restarted_node_go_unavailable_once(self) -> None:
         cluster = self.cluster
