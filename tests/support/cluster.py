@@ -66,13 +66,18 @@ class ClusterFixture:
         return self.nodes[name].process.output()
 
     async def add_users(self, *jids: str, password: str) -> None:
-        storage = await open_storage(self.db_uri, scram_iterations=4096)
-        try:
-            for jid in jids:
-                user, _, domain = jid.partition("@")
-                await storage.accounts.create(user, domain, password)
-        finally:
-            await storage.close()
+        await add_users(self.db_uri, *jids, password=password)
+
+
+async def add_users(db_uri: str, *jids: str, password: str) -> None:
+    """Create accounts in a shared database (before or while nodes run on it)."""
+    storage = await open_storage(db_uri, scram_iterations=4096)
+    try:
+        for jid in jids:
+            user, _, domain = jid.partition("@")
+            await storage.accounts.create(user, domain, password)
+    finally:
+        await storage.close()
 
 
 def make_cluster(test: TestCase, count: int = 2, extra: str = "", *, heartbeat: float = 0.2,

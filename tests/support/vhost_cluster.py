@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from twisted.trial.unittest import TestCase
 
 from tests.support.certs import make_cert
+from tests.support.cluster import add_users
 from tests.support.databases import new_pg_schema, postgres_skip_reason
 from tests.support.process import ROOT, TWISTD, wait_for_port
 from tests.support.server import test_ca
@@ -112,13 +113,7 @@ class VhostCluster:
             self.stop(name)
 
     async def add_users(self, *jids: str, password: str) -> None:
-        storage = await open_storage(self.db_uri, scram_iterations=4096)
-        try:
-            for jid in jids:
-                user, _, domain = jid.partition("@")
-                await storage.accounts.create(user, domain, password)
-        finally:
-            await storage.close()
+        await add_users(self.db_uri, *jids, password=password)
 
 
 def make_vhost_cluster(test: TestCase, names: tuple[str, ...] = NODES, *, domains: tuple[str, ...] = (DOMAIN,),
