@@ -415,3 +415,42 @@ class QuickRestartTests(ClusterTestCase):
             self.assertNotIn("node t2.example.com is down", cluster.log("t1.example.com"))
 
         return ensure(scenario())
+
+
+class CrossNodeIqAndProbeTests(ClusterTestCase):
+    def test_iq_request_and_response_cross_nodes(self) -> None:
+        def scenario():
+            alice = self.client("t1.example.com", "alice", "a")
+            bob = self.client("t2.example.com", "bob", "b")
+            time.sleep(0.5)
+            alice.send(f"<iq type='get' id='q1' to='bob@{DOMAIN}/b'><query xmlns='jabber:iq:version'/></iq>")
+            request = bob.until("{jabber:client}iq")
+            bob.send(f"<iq type='result' id='{request.get('id')}' to='{request.get('from')}'>"
+                     "<query xmlns='jabber:iq:version'><name>bob's client</name></query></iq>")
+            return request, alice.until("{jabber:client}iq")
+
+        def check(result):
+            request, answer = result
+            self.assertEqual((request.get("from"), request.get("type")), (f"alice@{DOMAIN}/a", "get"))
+            self.assertEqual((answer.get("id"), answer.get("type"), answer.get("from")),
+                             ("q1", "result", f"bob@{DOMAIN}/b"))
+            self.assertEqual(answer.find(".//{jabber:iq:version}name").text, "bob's client")
+
+        return deferToThread(scenario).addCallback(check)
+
+    def test_probe_answered_with_presence_of_a_contact_on_the_other_node(self) -> None:
+        def scenario():
+            alice = self.client("t1.example.com", "alice", "a")
+            bob = self.client("t2.example.com", "bob", "b")
+            subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
+            bob.send("<presence><show>dnd</show></presence>")
+            time.sleep(0.5)
+            # A new resource of alice on t1: its initial presence probes bob, whose session lives on t2.
+            late = self.client("t1.example.com", "alice", "late")
+            return [p for p in presences_from(late, f"bob@{DOMAIN}/b", 2.0) if p.get("type") is None]
+
+        def check(seen):
+            self.assertTrue(seen, "the new resource learns bob's presence")
+            self.assertEqual(seen[-1].find("{jabber:client}show").text, "dnd")
+
+        return deferToThread(scenario).addCallback(check)
