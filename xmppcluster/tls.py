@@ -50,6 +50,8 @@ _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 # Contexts made by a store: a connection on one of them is the server side (used by channel binding).
 _SERVER_CONTEXTS: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
+#: server context -> tls-server-end-point hash of its certificate (one certificate per context; computed once).
+_END_POINT: weakref.WeakKeyDictionary[SSL.Context, bytes | None] = weakref.WeakKeyDictionary()
 
 
 class CertificateError(Exception):
@@ -438,11 +440,27 @@ def channel_binding(transport, kind: str) -> bytes | None:
             return None
         return conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
     if kind == "tls-server-end-point":
+        context = conn.get_context()
+        if context in _SERVER_CONTEXTS:  # our own certificate: hash it once per context
+            if context not in _END_POINT:
+                cert = conn.get_certificate(as_cryptography=True)
+                _END_POINT[context] = _end_point_hash(cert) if cert is not None else None
+            return _END_POINT[context]
         cert = _server_certificate(conn)
         return _end_point_hash(cert) if cert is not None else None
     return None
 
 
+def channel_bindings(transport) -> dict[str, bytes]:
+    """Every channel-binding type available on this connection with its data, preferred first."""
+    found = {}
+    for kind in ("tls-exporter", "tls-server-end-point"):
+        data = channel_binding(transport, kind)
+        if data is not None:
+            found[kind] = data
+    return found
+
+
 def channel_binding_types(transport) -> list[str]:
     """The binding types :func:`channel_binding` can provide on this connection, preferred first."""
-    return [kind for kind in ("tls-exporter", "tls-server-end-point") if channel_binding(transport, kind) is not None]
+    return list(channel_bindings(transport))

@@ -32,11 +32,14 @@ DEFAULT_MAX_DEPTH = 64
 # Input is handed to expat in slices of at most this many bytes: the size cap is checked between slices,
 # so a single huge read cannot make expat buffer more than one slice beyond the limit.
 _SLICE = 32768
-# expat's character-data buffer (allocated per parser, so per connection).
-_TEXT_BUFFER = 8192
-# pyexpat interns every element/attribute name it sees in a per-parser dict; a peer sending endless fresh
-# names would grow it for the life of the stream. Clear it between stanzas once it gets this big.
+# expat's character-data buffer (allocated per parser, so per connection: 8 KiB would be ~1/6 of an idle
+# session). Longer text still arrives whole, in several handler calls joined by the builder.
+_TEXT_BUFFER = 1024
+# pyexpat interns every element/attribute name it sees. One dict shared by every parser (not one per
+# parser, ~3 KiB per connection): the names of one stream are the names of all. A peer sending endless
+# fresh names would grow it: it is cleared between stanzas once it gets this big.
 _MAX_INTERNED = 2048
+_NAMES: dict[str, str] = {}
 
 _UNDEFINED_ENTITY = pyexpat.errors.codes[pyexpat.errors.XML_ERROR_UNDEFINED_ENTITY]
 _UTF8_NAMES = frozenset(("utf-8", "utf8"))
@@ -99,10 +102,10 @@ class _Builder:
         self._prefixes: dict[str, str] | None = None
         self._unit = "element" if handler is None else "stanza"
 
-        p = self.parser = pyexpat.ParserCreate("UTF-8", " ")
+        p = self.parser = pyexpat.ParserCreate("UTF-8", " ", intern=_NAMES)
         self._interned = p.intern
+        p.buffer_size = _TEXT_BUFFER  # before buffer_text, which allocates the buffer
         p.buffer_text = True
-        p.buffer_size = _TEXT_BUFFER
         if hasattr(p, "SetReparseDeferralEnabled"):
             # expat >= 2.6 may hold back a complete stanza until more bytes arrive; the size cap already
             # bounds the re-parsing cost that deferral protects against.

@@ -168,6 +168,11 @@ class Database:
         """Run one write statement in its own transaction; returns the rowcount."""
         return await self._run(_rowcount, (sql, params), retry=idempotent, write=True)
 
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(cursor, *args)`` (reads only) in one read transaction: several SELECTs, one snapshot, and
+        on SQLite no write lock (``interaction`` takes it: BEGIN IMMEDIATE). Retried once like :meth:`query`."""
+        return await self._run(fn, args, retry=True)
+
     async def interaction(self, fn: Callable[..., Any], *args: Any, idempotent: bool = False) -> Any:
         """Run ``fn(cursor, *args)`` in a pool thread inside one transaction (rolled back if it raises)."""
         return await self._run(fn, args, retry=idempotent, write=True)

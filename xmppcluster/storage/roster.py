@@ -80,7 +80,7 @@ class RosterStore:
 
     async def get(self, user: str, domain: str) -> Roster:
         """The whole roster and its version (0 for an account that never had one)."""
-        return await self.db.interaction(self._get, user, domain, idempotent=True)
+        return await self.db.read(self._get, user, domain)
 
     @staticmethod
     def _get(cursor: Cursor, user: str, domain: str) -> Roster:
