@@ -454,3 +454,22 @@ class CrossNodeIqAndProbeTests(ClusterTestCase):
             self.assertEqual(seen[-1].find("{jabber:client}show").text, "dnd")
 
         return deferToThread(scenario).addCallback(check)
+
+    def test_message_from_another_node_reaches_a_websocket_client(self) -> None:
+        from tests.clients.ws import WSClient
+
+        def scenario():
+            web = WSClient(self.cluster.nodes["t1.example.com"].ports["ws2s"])
+            self.addCleanup(web.close)
+            jid = web.login(DOMAIN, "alice", PASSWORD, "web")
+            web.send("<presence xmlns='jabber:client'/>")
+            bob = self.client("t2.example.com", "bob", "b")
+            time.sleep(0.5)
+            bob.send(f"<message to='{jid}' type='chat'><body>to the browser</body></message>")
+            return web.until("{jabber:client}message")
+
+        def check(message):
+            self.assertEqual(message.get("from"), f"bob@{DOMAIN}/b")
+            self.assertEqual(message.find(BODY).text, "to the browser")
+
+        return deferToThread(scenario).addCallback(check)

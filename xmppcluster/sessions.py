@@ -68,6 +68,10 @@ class Session:
         """Send a stanza to this resource's client."""
         self.stream.send(stanza)
 
+    def deliver_serialized(self, text: str) -> None:
+        """Send a stanza that is already serialized (with its xmlns), e.g. one routed from another node."""
+        self.stream.send_serialized(text)
+
     def close(self, condition: str, text: str | None = None) -> None:
         """End the stream with a stream error (e.g. ``conflict``)."""
         self.stream.fail(condition, text)

@@ -68,7 +68,7 @@ class Cluster:
         self._connecting: dict[str, Any] = {}
         self._backoff: dict[str, float] = {}
         self._suspects: dict[str, float] = {}  # node -> since when it is unreachable
-        self._waiting: dict[str, list[tuple[domish.Element, str]]] = {}  # stanzas for an unreachable node
+        self._waiting: dict[str, list[tuple[str, str, bool]]] = {}  # (stanza text, jid, kept) per unreachable node
         self._stopping = False
         self._sweeper = None
         self.bosh = None
@@ -213,8 +213,8 @@ class Cluster:
         self._outbox[peer] = deque()
         local = [s for s in self.server.sessions if s.node is None]
         link.send(b"<sync>" + b"".join(describe(s) for s in local) + b"</sync>")
-        for stanza, jid in self._waiting.pop(peer, []):
-            self.route_to(peer, stanza, jid)
+        for body, jid, keep in self._waiting.pop(peer, []):
+            self._route_body(peer, body, jid, keep)
         log.info("cluster: link to {peer} up ({n} local sessions sent)", peer=peer, n=len(local))
 
     def link_lost(self, link: Link, why: str) -> None:
@@ -222,14 +222,14 @@ class Cluster:
         if peer is None or self.links.get(peer) is not link:
             return
         del self.links[peer]
-        unacked = [(_reparse(body), jid) for _, body, jid in self._outbox.pop(peer, ())]
+        unacked = [(body, jid) for _, body, jid in self._outbox.pop(peer, ())]
         if not self._stopping:
             log.warn("cluster: link to {peer} down: {why}", peer=peer, why=why)
             self._suspects[peer] = self.clock.seconds()
             self._connecting.pop(peer, None)
             self._judge()
-        for stanza, jid in unacked:
-            self.route_to(peer, stanza, jid)  # waits for the reconnect, or rerouted if the node is dead
+        for body, jid in unacked:
+            self._route_body(peer, body, jid, keep=True)  # waits for the reconnect, or rerouted if dead
 
     def _judge(self) -> None:
         """Declare dead the suspects unreachable for ``failure-timeout`` that no live peer still reaches."""
@@ -257,8 +257,8 @@ class Cluster:
         if announcer:
             for remote in gone:
                 self.server.hooks.fire("session/unbound", remote, f"node {peer} down")
-        for stanza, jid in waiting:
-            self.server.router.undeliverable(stanza, jid.partition("/")[0])
+        for body, jid, _ in waiting:
+            self.server.router.undeliverable(_reparse(body), jid.partition("/")[0])
 
     def _announcer(self, excluding: str) -> bool:
         """Whether this node speaks for ``excluding``'s lost sessions: the first live node by name."""
@@ -272,22 +272,24 @@ class Cluster:
     # -- receiving ---------------------------------------------------------------------------------
 
     def routed(self, link: Link, element: domish.Element) -> None:
-        """``<r session=full-jid [node=…]>stanza</r>``: deliver to that local session (the stanza's ``to``
-        may be a bare JID: the sender already chose the resource)."""
+        """``<r session=full-jid [node=…]><![CDATA[stanza]]></r>``: deliver to that local session (the
+        stanza's ``to`` may be a bare JID: the sender already chose the resource). The stanza travels as
+        text and is written to the client as it is: no tree is built for it on this node."""
         target = element.getAttribute("node")
         jid = element.getAttribute("session") or ""
-        stanza = next(element.elements(), None)
-        if stanza is None:
+        body = "".join(child for child in element.children if isinstance(child, str))
+        if not body.strip():
             return
-        stanza.parent = None
         if target and target != self.name:
-            self.route_to(target, stanza, jid)  # relay for a peer that lost its direct link
+            self._route_body(target, body, jid, keep=False)  # relay for a peer that lost its direct link
             return
         bare, _, resource = jid.partition("/")
         session = self.server.sessions.get(bare, resource)
         if session is not None and session.node is None:
-            session.deliver(stanza)
-        elif stanza.getAttribute("type") != "error":
+            session.deliver_serialized(body)
+            return
+        stanza = _reparse(body)
+        if stanza.getAttribute("type") != "error":
             self.server.router.undeliverable(stanza, bare)
 
     def event(self, link: Link, element: domish.Element) -> None:
@@ -325,26 +327,31 @@ class Cluster:
 
     def route_to(self, node: str, stanza: domish.Element, jid: str) -> None:
         """Deliver a stanza to the session ``jid`` on ``node``: one hop, or two through a peer that reaches it."""
-        body = stanza.toXml(defaultUri="")
+        keep = stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT
+        self._route_body(node, stanza.toXml(defaultUri=""), jid, keep)
+
+    def _route_body(self, node: str, body: str, jid: str, keep: bool) -> None:
+        """Send a serialized stanza (with its xmlns) towards ``jid`` on ``node``. Serialized XML never
+        contains ``]]>`` (``>`` is escaped), so it travels in one CDATA section."""
         session = quoteattr(jid)
         link = self.links.get(node)
         if link is not None:
             self._sent[node] += 1
-            if stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT:
+            if keep:
                 self._outbox[node].append((self._sent[node], body, jid))
-            link.send(f"<r session={session}>{body}</r>".encode())
+            link.send(f"<r session={session}><![CDATA[{body}]]></r>".encode())
             return
         relay = self._relay_for(node)
         if relay is not None:
-            relay.send(f"<r session={session} node={quoteattr(node)}>{body}</r>".encode())
+            relay.send(f"<r session={session} node={quoteattr(node)}><![CDATA[{body}]]></r>".encode())
             return
         if node in self._suspects:
             # Unreachable for now: keep it until the node is back (sent then) or declared dead (rerouted).
-            self._waiting.setdefault(node, []).append((stanza, jid))
+            self._waiting.setdefault(node, []).append((body, jid, keep))
             return
         # Not a member we can reach at all: forget its sessions and deliver elsewhere.
         self.directory.drop_node(node)
-        self.server.router.undeliverable(stanza, jid.partition("/")[0])
+        self.server.router.undeliverable(_reparse(body), jid.partition("/")[0])
 
     def send_event(self, node: str, xml: str) -> None:
         link = self.links.get(node)

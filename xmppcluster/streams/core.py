@@ -25,6 +25,7 @@ from xmppcluster.auth.sasl import ChannelInfo, SASLServer
 from xmppcluster.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.sessions import Session
 from xmppcluster.tls import channel_bindings
+from xmppcluster.xml import parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.server import XMPPServer
@@ -177,6 +178,16 @@ class ClientStream:
     def send(self, element: domish.Element) -> None:
         if self.state != "closed":
             self.transport.send(element)
+
+    def send_serialized(self, text: str) -> None:
+        """Send a stanza given as XML text; transports that can write it as it is do (no re-serializing)."""
+        if self.state == "closed":
+            return
+        writer = getattr(self.transport, "send_serialized", None)
+        if writer is not None:
+            writer(text)
+        else:
+            self.transport.send(parse_element(text.encode("utf-8"), max_bytes=len(text) * 4 + 1))
 
     def fail(self, condition: str, text: str | None = None) -> None:
         """End the stream with a stream error (RFC 6120 §4.9)."""

@@ -124,6 +124,11 @@ class ClientConnection(Protocol):
             self.transport.write(serialize(element))
             self._sent_since_keepalive = True
 
+    def send_serialized(self, text: str) -> None:
+        if not self._closing:
+            self.transport.write(text.encode("utf-8"))
+            self._sent_since_keepalive = True
+
     def close_stream(self, error: domish.Element | None = None) -> None:
         if self._closing:
             return
