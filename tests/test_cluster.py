@@ -37,7 +37,8 @@ class ClusterTestCase(TestCase):
     def wait_linked(self, name: str) -> None:
         from tests.support.process import wait_for_port
 
-        wait_for_port(self.cluster.nodes[name].ports["c2s"])
+        node = self.cluster.nodes[name]
+        wait_for_port(node.ports["c2s"], process=node.process)
         others = [n for n in self.cluster.nodes if n != name]
         wait_until(lambda: all(f"link to {o} up" in self.cluster.log(name) for o in others), timeout=20)
 

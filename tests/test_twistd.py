@@ -39,7 +39,7 @@ class TwistdTests(TestCase):
                       f"ws2s/connections/ports[i]={ports['ws2s']}\n")
         server = Twistd(directory, config, "--node-name=node1.test")
         self.addCleanup(server.stop)
-        wait_for_port(ports["c2s"])
+        wait_for_port(ports["c2s"], process=server)
         with socket.create_connection(("127.0.0.1", ports["c2s"]), timeout=5) as client:
             client.sendall(HEADER)
             answer = b""

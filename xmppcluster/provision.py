@@ -37,6 +37,7 @@ from twisted.words.xish.domish import Element
 from xmppcluster.auth.credentials import DEFAULT_ITERATIONS, SCRAM_HASHES, ScramCredentials, derive
 from xmppcluster.jid import InvalidJID, nameprep, nodeprep, parse_jid
 from xmppcluster.storage.database import POSTGRESQL, Cursor, Database
+from xmppcluster.xml import new_child, qualify
 
 __all__ = [
     "Account",
@@ -199,7 +200,7 @@ class _Reader:
         elif local == "user":
             if host is None:
                 raise ProvisionError(f"{self._where()}: <user/> outside any <host/>")
-            self._user = self._current = Element((NS_PIE, "user"), self._ns[-1], _qualify(attrs), prefixes)
+            self._user = self._current = Element((NS_PIE, "user"), self._ns[-1], qualify(attrs), prefixes)
             self._open = [self._user]
             self._level, self._count, self._start = 1, 1, self.parser.CurrentByteIndex
             self._stack.append(("user", host))
@@ -220,19 +221,8 @@ class _Reader:
             raise ProvisionError(f"{self._where()}: <user/> exceeds {MAX_USER_ELEMENTS} elements or depth {MAX_DEPTH}")
         if not count & 1023:
             self._check_size()
-        parent = self._current
-        text = self._text
-        if text:
-            parent.children.append(text[0] if len(text) == 1 else "".join(text))
-            text.clear()
-        uri, _, local = name.rpartition(" ")
-        for key in attrs:
-            if " " in key:
-                attrs = _qualify(attrs)
-                break
-        element = Element((uri, local), self._ns[-1], attrs, self._prefixes)
+        element = new_child(self._current, name, attrs, self._ns[-1], self._prefixes, self._text, link_parent=False)
         self._prefixes = None
-        parent.children.append(element)
         self._open.append(element)
         self._current = element
         self._level = level
@@ -263,14 +253,6 @@ class _Reader:
             self._text.append(data)
             if len(data) > 4096:
                 self._check_size()
-
-
-def _qualify(attrs: dict) -> dict:
-    out = {}
-    for key, value in attrs.items():
-        uri, sep, local = key.rpartition(" ")
-        out[(uri, local) if sep else key] = value
-    return out
 
 
 def iter_users(path: str | os.PathLike, *, warn: Callable[[str], None] | None = None,

@@ -68,13 +68,34 @@ class _Reset(Exception):
     """Raised inside a dead builder's callbacks to abandon the rest of its input."""
 
 
-def _qualify(attrs: dict) -> dict:
+def qualify(attrs: dict) -> dict:
     """Turn expat's ``'uri name'`` attribute keys into domish's ``(uri, name)`` tuples."""
     out = {}
     for key, value in attrs.items():
         uri, sep, local = key.rpartition(" ")
         out[(uri, local) if sep else key] = value
     return out
+
+
+def new_child(parent: Element | None, name: str, attrs: dict, default_uri: str, prefixes: dict | None,
+              text: list[str], *, link_parent: bool = True) -> Element:
+    """The element expat just started (``name`` is ``'uri local'``): pending ``text`` is first flushed
+    into ``parent``, then the new element is appended to it. ``link_parent=False`` leaves the child
+    without a back reference (no parent/child cycle: cheaper for the garbage collector)."""
+    if text:
+        parent.children.append(text[0] if len(text) == 1 else "".join(text))
+        text.clear()
+    uri, _, local = name.rpartition(" ")
+    for key in attrs:
+        if " " in key:
+            attrs = qualify(attrs)
+            break
+    element = Element((uri, local), default_uri, attrs, prefixes)
+    if parent is not None:
+        parent.children.append(element)
+        if link_parent:
+            element.parent = parent
+    return element
 
 
 class _Builder:
@@ -157,7 +178,7 @@ class _Builder:
         uri, _, local = name.rpartition(" ")
         for key in attrs:
             if " " in key:
-                attrs = _qualify(attrs)
+                attrs = qualify(attrs)
                 break
         root = Element((uri, local), self._ns_stack[-1], attrs, self._prefixes)
         # Only the header's own xmlns='...' counts (the stack holds one entry per declaration).
@@ -183,21 +204,8 @@ class _Builder:
                 )
             if self.parser.CurrentByteIndex - self._stanza_start > self.max_bytes:
                 raise self._too_big(self._unit)
-        parent = self._current
-        text = self._text
-        if text:
-            parent.children.append(text[0] if len(text) == 1 else "".join(text))
-            text.clear()
-        uri, _, local = name.rpartition(" ")
-        for key in attrs:
-            if " " in key:
-                attrs = _qualify(attrs)
-                break
-        element = Element((uri, local), self._ns_stack[-1], attrs, self._prefixes)
+        element = new_child(self._current, name, attrs, self._ns_stack[-1], self._prefixes, self._text)
         self._prefixes = None
-        if parent is not None:
-            parent.children.append(element)
-            element.parent = parent
         self._current = element
         self._level = level
 

@@ -48,7 +48,7 @@ class ClusterFixture:
         node = self.nodes[name]
         node.process = Twistd(self.directory, node.config, f"--node-name={name}", name=name)
         if wait:
-            wait_for_port(node.ports["c2s"])
+            wait_for_port(node.ports["c2s"], process=node.process)
         return node
 
     def kill(self, name: str) -> None:

@@ -13,15 +13,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
-def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1", process: Twistd | None = None) -> None:
+    """Wait until something listens on ``port``; fail at once, with its log, if ``process`` exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
+            if process is not None and process.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({process.process.returncode}) before listening on "
+                                   f"{port}:\n{process.output()[-3000:]}") from None
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+    tail = process.output()[-3000:] if process is not None else ""
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s\n{tail}")
 
 
 class Twistd:

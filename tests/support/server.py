@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -28,10 +29,27 @@ def test_ca() -> TestCA:
     return _CA
 
 
+#: Test listeners take ports below Linux's ephemeral range (32768-60999): a port the kernel might hand
+#: to an outgoing client socket in the meantime would make the server's bind fail at random.
+_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on now, outside the ephemeral range, not handed out before by this process."""
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        try:
+            for host in ("127.0.0.1", "127.0.0.2"):
+                with socket.socket() as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free test port below the ephemeral range")
 
 
 @dataclass
