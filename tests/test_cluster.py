@@ -40,7 +40,7 @@ class ClusterTestCase(TestCase):
         node = self.cluster.nodes[name]
         wait_for_port(node.ports["c2s"], process=node.process)
         others = [n for n in self.cluster.nodes if n != name]
-        wait_until(lambda: all(f"link to {o} up" in self.cluster.log(name) for o in others), timeout=20)
+        wait_until(lambda: all(f"link to {o} up" in self.cluster.log(name) for o in others), timeout=30)
 
     def client(self, node: str, user: str, resource: str, *, priority: int | None = 0) -> RawClient:
         client = RawClient(self.cluster.nodes[node].ports["c2s"], domain=DOMAIN, ca_file=self.cluster.ca_file)

@@ -24,7 +24,7 @@ from tests.support.vhost_cluster import DOMAIN, NODES, VhostCluster, make_vhost_
 from tests.support.waiting import wait_until as _wait_until
 
 
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
     return _wait_until(predicate, timeout, interval)
 
 

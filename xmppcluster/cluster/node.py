@@ -193,7 +193,7 @@ class Cluster:
 
         def failed(failure: Any) -> None:
             self._connecting.pop(peer, None)
-            self._backoff[peer] = min(10.0, max(0.25, self._backoff.get(peer, 0.0) * 2))
+            self._backoff[peer] = min(3.0, max(0.25, self._backoff.get(peer, 0.0) * 2))
             log.debug("cluster: cannot reach {peer}: {why}", peer=peer, why=failure.getErrorMessage())
 
         attempt.addCallbacks(lambda _: self._connecting.pop(peer, None), failed)
