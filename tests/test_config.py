@@ -469,7 +469,7 @@ class DocsTests(unittest.TestCase):
         m = re.search(r"\.\. BEGIN settings-table\n\n(.*?)\n\.\. END settings-table", doc, re.DOTALL)
         self.assertIsNotNone(m)
         self.assertEqual(m.group(1), config.settings_table(),
-                         "regenerate the table with: python -m xmppcluster.config")
+                         "regenerate: python -m xmppcluster.config docs/configuration.rst")
 
     def test_sample_documents_every_key(self):
         sample = self.read("etc", "init.properties")

@@ -1018,5 +1018,21 @@ def settings_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_settings_table(path: str) -> None:
+    """Replace the generated table between the ``BEGIN``/``END settings-table`` markers of ``path``."""
+    with open(path, encoding="utf-8") as source:
+        text = source.read()
+    begin, end = ".. BEGIN settings-table\n\n", "\n.. END settings-table"
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(head + begin + settings_table() + end + tail)
+
+
 if __name__ == "__main__":
-    sys.stdout.write(settings_table())
+    # python -m xmppcluster.config                    print the table
+    # python -m xmppcluster.config docs/configuration.rst   update it in place
+    if len(sys.argv) > 1:
+        write_settings_table(sys.argv[1])
+    else:
+        sys.stdout.write(settings_table())
