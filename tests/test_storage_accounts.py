@@ -320,9 +320,14 @@ class SharedSecretTests(TestCase):
         uri = storage_uri(self, backend)
         first = await make_storage(self, backend, uri=uri)
         second = await make_storage(self, backend, uri=uri)
-        a = await shared_secret(first.db, "sasl-fake-salt")
-        b = await shared_secret(second.db, "sasl-fake-salt")
+        # Two nodes starting at the same moment: both ask before either has created the secret.
+        a, b = await gatherResults([ensureDeferred(shared_secret(first.db, "sasl-fake-salt")),
+                                    ensureDeferred(shared_secret(second.db, "sasl-fake-salt"))])
         self.assertEqual(a, b)
+        for _ in range(5):
+            name = f"race-{_}"
+            values = await gatherResults([ensureDeferred(shared_secret(s.db, name)) for s in (first, second)])
+            self.assertEqual(values[0], values[1])
         self.assertEqual(len(a), 32)
         self.assertNotEqual(a, await shared_secret(first.db, "another"))
 

@@ -15,8 +15,9 @@ async def shared_secret(db: Database, name: str, size: int = 32) -> bytes:
         row = cursor.fetchone()
         if row is None:
             candidate = os.urandom(size)
-            cursor.execute("INSERT INTO server_secrets (name, value) SELECT ?, ? WHERE NOT EXISTS "
-                           "(SELECT 1 FROM server_secrets WHERE name = ?)", (name, db.blob(candidate), name))
+            # Several nodes may start at once: whoever inserts first wins, the others read its value.
+            cursor.execute("INSERT INTO server_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                           (name, db.blob(candidate)))
             cursor.execute("SELECT value FROM server_secrets WHERE name = ?", (name,))
             row = cursor.fetchone()
         return bytes(row[0])
