@@ -71,10 +71,12 @@ class Client(slixmpp.ClientXMPP):
             self.done.set_result(None)
 
 
-async def run(common: dict) -> list[dict]:
+async def run(common: dict, client_class: type | None = None) -> list[dict]:
+    """Log every client of ``common`` in, release their sends once all are online, collect results.
+    ``client_class`` (default :class:`Client`) takes ``(spec, common, everyone_online, online)``."""
     everyone_online = asyncio.Event()
     online: list = []
-    clients = [Client(spec, common, everyone_online, online) for spec in common["clients"]]
+    clients = [(client_class or Client)(spec, common, everyone_online, online) for spec in common["clients"]]
     for client in clients:
         client.connect(common["host"], common["port"])
 
@@ -90,6 +92,7 @@ async def run(common: dict) -> list[dict]:
         for client in clients:
             if not client.done.done():
                 client.result["error"] = client.result["error"] or "timeout"
+                client.done.set_result(None)
     watcher.cancel()
     for client in clients:
         client.disconnect()

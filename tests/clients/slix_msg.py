@@ -19,6 +19,8 @@ import sys
 
 import slixmpp
 
+from tests.clients import slix
+
 
 class Client(slixmpp.ClientXMPP):
     def __init__(self, spec: dict, common: dict, everyone_online: asyncio.Event, online: list) -> None:
@@ -82,28 +84,7 @@ class Client(slixmpp.ClientXMPP):
 
 
 async def run(common: dict) -> list[dict]:
-    everyone_online = asyncio.Event()
-    online: list = []
-    clients = [Client(spec, common, everyone_online, online) for spec in common["clients"]]
-    for client in clients:
-        client.connect(common["host"], common["port"])
-
-    async def watch() -> None:
-        while len(online) < len(clients) and not all(c.done.done() for c in clients):
-            await asyncio.sleep(0.02)
-        everyone_online.set()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await asyncio.wait_for(asyncio.gather(*(c.done for c in clients)), common.get("timeout", 20))
-    except TimeoutError:
-        for client in clients:
-            client.finish("timeout")
-    watcher.cancel()
-    for client in clients:
-        client.disconnect()
-    await asyncio.sleep(0.1)
-    return [c.result for c in clients]
+    return await slix.run(common, Client)
 
 
 def main() -> None:
