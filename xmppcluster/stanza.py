@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from twisted.words.xish import domish
 
 from xmppcluster.namespaces import CLIENT, STANZA_ERRORS
@@ -80,3 +82,8 @@ def first_child(element: domish.Element) -> domish.Element | None:
     for child in element.elements():
         return child
     return None
+
+
+def utc_stamp(seconds: float) -> str:
+    """XEP-0082 DateTime in UTC with milliseconds, e.g. ``2024-05-01T10:20:30.123Z``."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -14,7 +14,6 @@ nodes (and a second resource logging in at the same moment) from delivering the 
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, ensureDeferred, succeed
@@ -23,6 +22,7 @@ from twisted.words.xish import domish
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.blocking import blocked_by
 from xmppcluster.sessions import Session
+from xmppcluster.stanza import utc_stamp
 from xmppcluster.storage.errors import NoSuchAccount
 from xmppcluster.storage.offline import OfflineQueueFull, OfflineStore
 from xmppcluster.xml import StreamFault, parse_element
@@ -60,11 +60,6 @@ def offline_decision(stanza: domish.Element) -> str:
         if (child.uri, None) not in _NOT_CONTENT and (child.uri, child.name) not in _NOT_CONTENT:
             return STORE
     return DROP
-
-
-def utc_stamp(seconds: float) -> str:
-    """XEP-0082 DateTime in UTC with milliseconds, e.g. ``2024-05-01T10:20:30.123Z``."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def serialize_with_delay(stanza: domish.Element, domain: str, stamp: str) -> bytes:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.words.xish import domish
 
 from xmppcluster import stanza as stanzas
 from xmppcluster.modules.base import Module, iq
+from xmppcluster.stanza import utc_stamp
 
 TIME = "urn:xmpp:time"
-
-
-def utc_stamp(seconds: float) -> str:
-    """XEP-0082 DateTime in UTC, with milliseconds: ``2006-12-19T17:58:35.123Z``."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class EntityTime(Module):
