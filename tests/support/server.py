@@ -35,14 +35,14 @@ _PORTS = range(20000, 32000)
 _handed_out: set[int] = set()
 
 
-def free_port() -> int:
-    """A port nothing listens on now, outside the ephemeral range, not handed out before by this process."""
+def free_port(addresses: tuple[str, ...] = ("127.0.0.1", "127.0.0.2")) -> int:
+    """A port free on every one of ``addresses``, outside the ephemeral range, not handed out before here."""
     for _ in range(1000):
         port = random.choice(_PORTS)
         if port in _handed_out:
             continue
         try:
-            for host in ("127.0.0.1", "127.0.0.2"):
+            for host in addresses:
                 with socket.socket() as probe:
                     probe.bind((host, port))
         except OSError:

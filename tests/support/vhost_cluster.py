@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -22,31 +21,12 @@ from tests.support.certs import make_cert
 from tests.support.cluster import add_users
 from tests.support.databases import new_pg_schema, postgres_skip_reason
 from tests.support.process import ROOT, TWISTD, wait_for_port
-from tests.support.server import test_ca
+from tests.support.server import free_port, test_ca
 from xmppcluster.storage import open_storage
 
 DOMAIN = "example2.com"
 NODES = ("t1.example1.com", "t2.example1.com")
 PORT_KEYS = ("c2s", "c2s_tls", "bosh_tls", "ws2s_tls", "cluster")
-
-
-def _free_on_all(addresses: list[str], taken: set[int]) -> int:
-    """A port free on every address (each node binds the same port on its own loopback address)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
-        if port in taken:
-            continue
-        try:
-            for address in addresses[1:]:
-                with socket.socket() as other:
-                    other.bind((address, port))
-        except OSError:
-            continue
-        taken.add(port)
-        return port
-    raise RuntimeError("no port free on every node address")
 
 
 @dataclass
@@ -125,8 +105,7 @@ def make_vhost_cluster(test: TestCase, names: tuple[str, ...] = NODES, *, domain
     db_uri = (new_pg_schema(test)[1] if postgres_skip_reason() is None
               else f"sqlite:///{os.path.join(directory, 'shared.sqlite')}")
     addresses = [f"127.0.0.{i}" for i in range(1, len(names) + 1)]
-    taken: set[int] = set()
-    ports = {key: _free_on_all(addresses, taken) for key in PORT_KEYS}
+    ports = {key: free_port(tuple(addresses)) for key in PORT_KEYS}  # one port, every node's address
     members = ",".join(f"{n}:secret-{n}:{ports['cluster']}:{a}" for n, a in zip(names, addresses, strict=True))
     cluster = VhostCluster(directory, db_uri, ports)
     for name, address in zip(names, addresses, strict=True):
