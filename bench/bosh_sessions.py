@@ -26,14 +26,8 @@ HTTPBIND = "http://jabber.org/protocol/httpbind"
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 DOMAIN = "bench.example"
 
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import rss_kib  # noqa: E402
 
 # -- the server (child process) ------------------------------------------------------------------------
 
