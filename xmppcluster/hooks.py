@@ -25,9 +25,6 @@ class Hooks:
         handlers.append((-priority, self._added, handler))
         handlers.sort(key=lambda entry: entry[:2])
 
-    def remove(self, name: str, handler: Handler) -> None:
-        self._handlers[name] = [e for e in self._handlers.get(name, []) if e[2] != handler]
-
     def fire(self, name: str, *args: Any) -> bool:
         """Run the handlers of ``name``; True when one of them handled the event."""
         for _, _, handler in self._handlers.get(name, ()):
@@ -37,6 +34,3 @@ class Hooks:
             except Exception:
                 log.failure("hook {name} handler {handler!r} failed", name=name, handler=handler)
         return False
-
-    def has(self, name: str) -> bool:
-        return bool(self._handlers.get(name))

@@ -71,17 +71,17 @@ class Router:
         try:
             target = parse_jid(to)
         except InvalidJID:
-            self._bounce(stanza, "jid-malformed")
+            self.bounce(stanza, "jid-malformed")
             return
         if not self.server.is_local_domain(target.host):
             if not self.hooks.fire("route/remote", stanza, target, sender):
-                self._bounce(stanza, "remote-server-not-found")
+                self.bounce(stanza, "remote-server-not-found")
             return
         if target.user is None:
             if target.resource is None:
                 self._to_server(name, stanza, sender)
             else:
-                self._bounce(stanza, "service-unavailable")
+                self.bounce(stanza, "service-unavailable")
             return
         bare = f"{target.user}@{target.host}"
         if target.resource is None:
@@ -96,7 +96,7 @@ class Router:
             self._iq(stanza, "server", sender)
         elif not self.hooks.fire(f"{name}/server", stanza, sender) and name == "message":
             if stanza.getAttribute("type") not in ("error", "groupchat", "headline"):
-                self._bounce(stanza, "service-unavailable")
+                self.bounce(stanza, "service-unavailable")
 
     def _to_account(self, name: str, stanza: domish.Element, bare: str, sender: Session | None,
                     own: bool) -> None:
@@ -126,10 +126,10 @@ class Router:
             if kind == "chat":
                 self._to_account(name, stanza, bare, sender, own=False)
             elif kind not in ("error", "headline"):
-                self._bounce(stanza, "service-unavailable")
+                self.bounce(stanza, "service-unavailable")
         elif name == "iq":
             if kind in IQ_REQUEST:
-                self._bounce(stanza, "service-unavailable")
+                self.bounce(stanza, "service-unavailable")
         elif name == "presence" and kind in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
             self._to_account(name, stanza, bare, sender, own=False)
 
@@ -144,7 +144,7 @@ class Router:
         kind = stanza.getAttribute("type")
         if kind not in (None, "unavailable"):
             if not self.hooks.fire(f"presence/{kind}", stanza, session):
-                self._bounce(stanza, "bad-request")
+                self.bounce(stanza, "bad-request")
             return
         initial = session.presence is None and kind is None
         if kind is None:
@@ -164,7 +164,7 @@ class Router:
         if kind == "error":
             return
         if kind == "groupchat":
-            self._bounce(stanza, "service-unavailable")
+            self.bounce(stanza, "service-unavailable")
             return
         eligible = [s for s in self.sessions.available(bare) if s.priority >= 0]
         if eligible and kind != "headline":
@@ -177,7 +177,7 @@ class Router:
         if kind == "headline":
             return
         if not self.hooks.fire("message/offline", stanza, bare):
-            self._bounce(stanza, "service-unavailable")
+            self.bounce(stanza, "service-unavailable")
 
     def undeliverable(self, stanza: domish.Element, bare: str) -> None:
         """A stanza for a session that vanished on the way (e.g. its node died): the RFC 6121 fallback.
@@ -190,7 +190,7 @@ class Router:
             if not self.hooks.fire("message/bare", stanza, bare, None):
                 self.deliver_message_to_bare(stanza, bare)
         elif stanza.name == "iq" and kind in IQ_REQUEST:
-            self._bounce(stanza, "service-unavailable")
+            self.bounce(stanza, "service-unavailable")
 
     # -- IQ ----------------------------------------------------------------------------------------
 
@@ -199,25 +199,25 @@ class Router:
         if kind not in IQ_REQUEST:
             if kind in ("result", "error"):
                 self.hooks.fire("iq/response", stanza, target, sender)
-            elif kind is None or kind not in ("result", "error"):
-                self._bounce(stanza, "bad-request")
+            else:
+                self.bounce(stanza, "bad-request")
             return
         payload = stanzas.first_child(stanza)
         if payload is None:
-            self._bounce(stanza, "bad-request")
+            self.bounce(stanza, "bad-request")
             return
         handler = self.iq_handlers.get((kind, payload.uri, target))
         if handler is None or not handler.__self__.serves(_domain_of(stanza, sender)):
-            self._bounce(stanza, "service-unavailable")
+            self.bounce(stanza, "service-unavailable")
             return
         try:
             reply = handler(stanza, sender)
         except StanzaError as err:
-            self._bounce(stanza, err.condition, err.text, err.type)
+            self.bounce(stanza, err.condition, err.text, err.type)
             return
         except Exception:
             log.failure("IQ handler for {ns} failed", ns=payload.uri)
-            self._bounce(stanza, "internal-server-error")
+            self.bounce(stanza, "internal-server-error")
             return
         if isinstance(reply, Deferred) or hasattr(reply, "__await__"):
             ensureDeferred(reply).addCallbacks(
@@ -236,14 +236,14 @@ class Router:
     def _handler_failed(self, request: domish.Element, failure, namespace: str) -> None:
         if failure.check(StanzaError):
             err = failure.value
-            self._bounce(request, err.condition, err.text, err.type)
+            self.bounce(request, err.condition, err.text, err.type)
             return
         log.failure("IQ handler for {ns} failed", failure, ns=namespace)
-        self._bounce(request, "internal-server-error")
+        self.bounce(request, "internal-server-error")
 
     # -- errors ----------------------------------------------------------------------------------
 
-    def _bounce(self, stanza: domish.Element, condition: str, text: str | None = None,
+    def bounce(self, stanza: domish.Element, condition: str, text: str | None = None,
                 type: str | None = None) -> None:
         """Answer a stanza with an error, unless it is an error itself (never bounce errors)."""
         if stanza.getAttribute("type") == "error" or not stanza.hasAttribute("from"):
@@ -252,4 +252,3 @@ class Router:
             return
         self.route(stanzas.error_reply(stanza, condition, type=type, text=text))
 
-    bounce = _bounce

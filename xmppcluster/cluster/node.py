@@ -59,7 +59,6 @@ class Cluster:
         self.links: dict[str, Link] = {}
         self.directory = Directory(self)
         self.started_at = time.time()
-        self.dead: set[str] = set()
         # Routed messages not yet acknowledged: (number, serialized stanza, session JID). Kept as text, not
         # as the parsed tree: a tree (parent <-> child cycles) held ~1 s reaches the oldest GC generation and
         # makes its full collections take 100-250 ms at a few thousand messages/s.
@@ -208,7 +207,6 @@ class Cluster:
         self.links[peer] = link
         self._backoff.pop(peer, None)
         self._suspects.pop(peer, None)
-        self.dead.discard(peer)
         self._sent[peer] = 0
         self._outbox[peer] = deque()
         local = [s for s in self.server.sessions if s.node is None]
@@ -249,7 +247,6 @@ class Cluster:
     def _declare_dead(self, peer: str) -> None:
         waiting = self._waiting.pop(peer, [])
         gone = self.directory.drop_node(peer)
-        self.dead.add(peer)
         announcer = self._announcer(excluding=peer)
         log.warn("cluster: node {peer} is down; {n} sessions removed{who}", peer=peer, n=len(gone),
                  who=" (this node announces them unavailable)" if announcer else "")
@@ -421,9 +418,6 @@ class Cluster:
         live = sorted(self.links)
         return live[0] if live else None
 
-    def status(self) -> dict:
-        return {"node": self.name, "links": sorted(self.links), "dead": sorted(self.dead),
-                "sessions": {name: self.directory.count(name) for name in self.links}}
 
 
 def _reparse(body: str) -> domish.Element:
