@@ -40,7 +40,11 @@ class ClusterTestCase(TestCase):
         node = self.cluster.nodes[name]
         wait_for_port(node.ports["c2s"], process=node.process)
         others = [n for n in self.cluster.nodes if n != name]
-        wait_until(lambda: all(f"link to {o} up" in self.cluster.log(name) for o in others), timeout=30)
+        try:
+            wait_until(lambda: all(f"link to {o} up" in self.cluster.log(name) for o in others), timeout=30)
+        except AssertionError:
+            logs = "\n".join(f"--- {n}\n{self.cluster.log(n)[-2500:]}" for n in self.cluster.nodes)
+            raise AssertionError(f"{name} did not link to {others} in 30 s\n{logs}") from None
 
     def client(self, node: str, user: str, resource: str, *, priority: int | None = 0) -> RawClient:
         client = RawClient(self.cluster.nodes[node].ports["c2s"], domain=DOMAIN, ca_file=self.cluster.ca_file)
