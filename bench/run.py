@@ -109,13 +109,15 @@ async def login(target: Target, p: dict) -> dict:
             n += 1
             count += 1
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), target.server.cpu_seconds()
     await asyncio.gather(*(worker(i) for i in range(p["concurrency"])))
     concurrent = count / (time.perf_counter() - start)
+    cpu_ms = (target.server.cpu_seconds() - cpu) * 1e3 / max(count, 1)
     return {"sequential_per_s": round(sequential, 1), "sequential_p50_ms": round(seq_p50 * 1e3, 2),
             "sequential_p99_ms": round(seq_p99 * 1e3, 2), "concurrent_per_s": round(concurrent, 1),
             "concurrent_p50_ms": round(percentile(timings, 50) * 1e3, 2),
-            "concurrent_p99_ms": round(percentile(timings, 99) * 1e3, 2), "concurrency": p["concurrency"]}
+            "concurrent_p99_ms": round(percentile(timings, 99) * 1e3, 2), "concurrency": p["concurrency"],
+            "server_cpu_ms_per_login": round(cpu_ms, 2)}
 
 
 async def _pairs(target: Target, n: int, **kw) -> list[tuple[loadgen.Client, loadgen.Client]]:

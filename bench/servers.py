@@ -58,6 +58,13 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pinned(cpu: int | None, argv: list[str]) -> list[str]:
     if cpu is None or shutil.which("taskset") is None:
         return argv
@@ -113,6 +120,9 @@ class Server:
 
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

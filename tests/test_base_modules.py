@@ -277,10 +277,10 @@ class LastActivityTests(TestCase):
         self.assertEqual(rows, [("alice",)])
 
     async def _recorded(self, user: str, when: int | None = None) -> None:
-        """Wait until the logout of ``user`` is in the database."""
-        store = self.h.server.modules["jabber:iq:last"].store
-        for _ in range(200):
-            record = await store.get(user, "localhost")
-            if record is not None and (when is None or record[0] == when):
-                return
-        self.fail(f"logout of {user} never recorded")
+        """The logout of ``user`` is in the database once the pending batch is written."""
+        await self.h.server.modules["jabber:iq:last"].store.flush()
+        rows = await self.h.server.storage.db.query(
+            "SELECT seconds FROM last_activity WHERE domain = 'localhost' AND username = ?", (user,))
+        self.assertEqual(len(rows), 1, f"logout of {user} not recorded")
+        if when is not None:
+            self.assertEqual(rows[0][0], when)

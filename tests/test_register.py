@@ -9,6 +9,7 @@ from twisted.trial.unittest import TestCase
 from twisted.words.xish import domish
 
 from tests.test_base_modules import Harness, child, error_condition
+from tests.test_message_rules import eventually
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.credentials import derive
 from xmppcluster.auth.sasl import ChannelInfo
@@ -249,6 +250,7 @@ class PostAuthTests(TestCase):
         laptop = self.h.login("alice@localhost", "laptop")
         reply = await self.h.iq(phone, f"<query xmlns='{REG}'><remove/></query>", type="set")
         self.assertEqual(reply["type"], "result")
+        await eventually(lambda: phone.stream.failed)  # closed just after the reply went out
         self.assertFalse(await self.accounts.exists("alice", "localhost"))
         self.assertEqual(removed, [("alice", "localhost")])
         for session in (phone, laptop):

@@ -1,12 +1,16 @@
-"""XEP-0054 vCard and XEP-0049 private XML, through the router, on SQLite and PostgreSQL."""
+"""XEP-0054 vCard, XEP-0049 private XML and the XEP-0012 logout store, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from tests.support.databases import PostgresBackend, SQLiteBackend
+from tests.support.databases import PostgresBackend, SQLiteBackend, make_storage
 from tests.test_base_modules import Harness, child, error_condition
 from xmppcluster.modules import private
+from xmppcluster.storage.account_data import LastActivityStore
+from xmppcluster.storage.errors import NoSuchAccount
 
 VCARD = "<vCard xmlns='vcard-temp'><FN>Alice A.</FN><NICKNAME>al &amp; co</NICKNAME><PHOTO><TYPE>image/png</TYPE>" \
         "<BINVAL>iVBORw0KGgo=</BINVAL></PHOTO></vCard>"
@@ -152,6 +156,59 @@ class PrivateMixin:
         reply = await self.h.iq(self.alice, self.q("<d xmlns='urn:c'/>"))
         self.assertEqual(list(child(child(reply, "query"), "d").elements()), [])
         self.assertEqual(str(child(child(reply, "query"), "d")), "")
+
+
+class LastActivityStoreMixin:
+    """Logouts are written behind, in one transaction per batch."""
+
+    backend: str
+    timeout = 30
+
+    async def setUp(self) -> None:
+        self.storage = await make_storage(self, self.backend)
+        for user in ("alice", "bob", "carol"):
+            await self.storage.accounts.create(user, "localhost", "secret")
+        self.clock = Clock()
+        self.store = LastActivityStore(self.storage.db, self.clock)
+
+    async def stored(self) -> list[tuple]:
+        return await self.storage.db.query("SELECT username, seconds, status FROM last_activity ORDER BY username")
+
+    async def test_batch_written_after_the_delay_and_visible_before(self) -> None:
+        writes = [ensureDeferred(self.store.set(user, "localhost", 100 + i, f"s{i}"))
+                  for i, user in enumerate(("alice", "bob", "alice"))]
+        self.assertEqual(await self.store.get("alice", "localhost"), (102, "s2"))  # pending, latest wins
+        self.assertEqual(await self.stored(), [])
+        self.clock.advance(LastActivityStore.delay)
+        for write in writes:
+            await write
+        self.assertEqual(await self.stored(), [("alice", 102, "s2"), ("bob", 101, "s1")])
+        self.assertEqual(await LastActivityStore(self.storage.db, Clock()).get("bob", "localhost"), (101, "s1"))
+
+    async def test_deleted_account_fails_only_its_own_write(self) -> None:
+        alice = ensureDeferred(self.store.set("alice", "localhost", 5))
+        gone = ensureDeferred(self.store.set("carol", "localhost", 6))
+        await self.storage.accounts.delete("carol", "localhost")
+        await self.store.flush()
+        await alice
+        with self.assertRaises(NoSuchAccount):
+            await gone
+        self.assertEqual(await self.stored(), [("alice", 5, "")])
+
+    async def test_flush_writes_at_once(self) -> None:
+        write = ensureDeferred(self.store.set("bob", "localhost", 7, "bye"))
+        await self.store.flush()
+        await write
+        self.assertEqual(await self.stored(), [("bob", 7, "bye")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SQLiteLastActivityStoreTests(LastActivityStoreMixin, SQLiteBackend, TestCase):
+    pass
+
+
+class PostgresLastActivityStoreTests(LastActivityStoreMixin, PostgresBackend, TestCase):
+    pass
 
 
 class SQLiteVCardTests(VCardMixin, SQLiteBackend, TestCase):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.words.xish import domish
 
 from xmppcluster import stanza as stanzas
@@ -46,7 +46,10 @@ class LastActivity(Module):
 
     def start(self) -> None:
         self.started = self.server.clock.seconds()
-        self.store = LastActivityStore(self.server.storage.db)
+        self.store = LastActivityStore(self.server.storage.db, self.server.clock)
+
+    def stop(self) -> Deferred:
+        return ensureDeferred(self.store.flush())
 
     @iq("get", LAST, to=("server",))
     def uptime(self, request: domish.Element, sender: Any) -> domish.Element:

@@ -242,8 +242,8 @@ class Registration(Module):
         except NoSuchAccount:
             raise StanzaError("registration-required") from None
         self.log.info("account {bare} removed in-band", bare=bare)
-        self.server.router.route(stanzas.result(request))
         self.server.hooks.fire("account/removed", user, domain)
+        self.server.router.route(stanzas.result(request))
         for session in self.server.sessions.of(bare):
             session.close("not-authorized", "the account was removed")
 
