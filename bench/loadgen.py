@@ -291,8 +291,12 @@ def message(to: str, body: str, ident: str = "m") -> bytes:
 BODY = "The quick brown fox jumps over the lazy dog; a benchmark message of ordinary size."
 
 
-async def saturate(pairs: list[tuple[Client, Client]], window: int, warmup: float, seconds: float) -> float:
-    """Each sender keeps ``window`` messages in flight to its receiver; received messages/s over ``seconds``."""
+async def saturate(pairs: list[tuple[Client, Client]], window: int, warmup: float, seconds: float,
+                   cpu=None, stats: dict | None = None) -> float:
+    """Each sender keeps ``window`` messages in flight to its receiver; received messages/s over ``seconds``.
+
+    With ``cpu`` (a function returning the servers' CPU seconds so far), ``stats["cpu_us_per_message"]``
+    is the servers' CPU per delivered message over the same window."""
     counters = []
     running = [True]
     for sender, receiver in pairs:
@@ -309,8 +313,12 @@ async def saturate(pairs: list[tuple[Client, Client]], window: int, warmup: floa
         sender.write_raw(sender.encode(message(receiver.jid, BODY)) * window)
     await asyncio.sleep(warmup)
     start_count, start = sum(c.total for c in counters), time.perf_counter()
+    cpu_start = cpu() if cpu else 0.0
     await asyncio.sleep(seconds)
-    rate = (sum(c.total for c in counters) - start_count) / (time.perf_counter() - start)
+    delivered = sum(c.total for c in counters) - start_count
+    rate = delivered / (time.perf_counter() - start)
+    if cpu and stats is not None:
+        stats["cpu_us_per_message"] = (cpu() - cpu_start) * 1e6 / max(delivered, 1)
     running[0] = False
     await asyncio.sleep(0.5)  # let what is in flight drain
     for _, receiver in pairs:

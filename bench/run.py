@@ -300,12 +300,19 @@ async def run_cluster(base: str, p: dict, users: list[str], single_rate: float |
             receivers = await receiver_target.many(users[p["pairs"]: 2 * p["pairs"]])
             pairs = list(zip(senders, receivers, strict=True))
             await asyncio.sleep(0.5)
+            cpu_runs: list[float] = []
             try:
-                runs = [await loadgen.saturate(pairs, p["window"], p["warmup"], p["seconds"]) for _ in range(3)]
+                runs = []
+                for _ in range(3):
+                    stats: dict = {}
+                    runs.append(await loadgen.saturate(pairs, p["window"], p["warmup"], p["seconds"],
+                                                       cpu=lambda: sum(n.cpu_seconds() for n in nodes), stats=stats))
+                    cpu_runs.append(stats["cpu_us_per_message"])
                 lat = await _latency(pairs, p, p["rate"])
             finally:
                 close_all([*senders, *receivers])
             out[f"{label}_messages_per_s"] = round(statistics.median(runs))
+            out[f"{label}_cpu_us_per_message"] = round(statistics.median(cpu_runs), 1)
             out[f"{label}_p50_ms"], out[f"{label}_p99_ms"] = lat["p50_ms"], lat["p99_ms"]
             await asyncio.sleep(1.0)
         out["cross_vs_local_throughput"] = round(out["cross_messages_per_s"] / out["local_messages_per_s"], 3)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 
 from twisted.trial import unittest
 
@@ -323,8 +325,24 @@ class StreamTests(Base):
         for element in handler.elements:
             self.assertIsNone(element.parent)
             self.assertEqual(element.uri, "jabber:client")
-        self.assertIs(handler.elements[0].body.parent, handler.elements[0])
+        self.assertIsNone(handler.elements[0].body.parent)
         self.assertTrue(handler.ended)
+
+    def test_stanzas_are_freed_without_the_cycle_collector(self) -> None:
+        """No parent links, no cycles: a dropped stanza is gone at once, with the collector off."""
+        parser, handler = self.open()
+        parser.feed(b"<message to='a@b'><body>x</body><x xmlns='urn:y'><z/></x></message>")
+        stanza = weakref.ref(handler.elements[0])
+        body = weakref.ref(handler.elements[0].body)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            handler.elements.clear()
+            self.assertIsNone(stanza())
+            self.assertIsNone(body())
+        finally:
+            if enabled:
+                gc.enable()
 
     def test_namespaces_round_trip(self) -> None:
         parser, handler = self.open()
@@ -409,7 +427,7 @@ class ParseElementTests(Base):
         self.assertEqual(
             [(c.uri, c.name) for c in children], [("jabber:client", "message"), ("jabber:client", "presence")]
         )
-        self.assertIs(children[0].parent, body)
+        self.assertIsNone(children[0].parent)  # no back references: no cycles
         self.assertEqual(str(children[0].body), "hi")
         self.assertEqual(
             children[0].toXml(defaultUri="jabber:client"), "<message to='a@example.com'><body>hi</body></message>"

@@ -103,7 +103,9 @@ class _Builder:
 
     In stream mode the document element is the stream header and each of its children is a stanza; in
     element mode the document element itself is the single result. The limits apply per stanza (element
-    mode: to the element).
+    mode: to the element). Elements get no ``parent`` reference: a parsed stanza holds no reference cycle,
+    so it is freed by reference counting when dropped, and the cyclic collector never sees it (with
+    parent links, every stanza waited for a collection, and the collections were the latency tail).
     """
 
     def __init__(self, handler: StreamHandler | None, max_bytes: int, max_elements: int, max_depth: int) -> None:
@@ -118,6 +120,7 @@ class _Builder:
         self._count = 0
         self._stanza_start = 0  # byte index of the current stanza's '<'
         self._current: Element | None = None
+        self._open: list[Element | None] = []  # ancestors of the current element (no parent links: no cycles)
         self._text: list[str] = []
         self._ns_stack = [""]
         self._prefixes: dict[str, str] | None = None
@@ -204,8 +207,10 @@ class _Builder:
                 )
             if self.parser.CurrentByteIndex - self._stanza_start > self.max_bytes:
                 raise self._too_big(self._unit)
-        element = new_child(self._current, name, attrs, self._ns_stack[-1], self._prefixes, self._text)
+        element = new_child(self._current, name, attrs, self._ns_stack[-1], self._prefixes, self._text,
+                            link_parent=False)
         self._prefixes = None
+        self._open.append(self._current)
         self._current = element
         self._level = level
 
@@ -221,10 +226,9 @@ class _Builder:
             element.children.append(text[0] if len(text) == 1 else "".join(text))
             text.clear()
         level = self._level = self._level - 1
+        self._current = self._open.pop()
         if level:
-            self._current = element.parent
             return
-        self._current = None
         if self.parser.CurrentByteIndex - self._stanza_start > self.max_bytes:
             raise self._too_big(self._unit)
         if len(self._interned) > _MAX_INTERNED:
