@@ -196,8 +196,9 @@ class Plain(Mechanism):
         return Success(user)
 
     async def _complete_credentials(self, user: str, password: str) -> None:
-        """An account with SCRAM-SHA-1 keys only (e.g. imported from Prosody) gets SCRAM-SHA-256 keys too,
-        now that the password is known; a failure here never fails the login."""
+        """An account with SCRAM-SHA-1 keys only (e.g. imported from Prosody) gets new keys for both
+        mechanisms now that the password is known (a fresh salt, this server's ``--scram-iterations``, as
+        ``set_password`` writes them); a failure here never fails the login."""
         store = getattr(self.ctx.credentials, "set_password", None)
         if store is None:
             return
