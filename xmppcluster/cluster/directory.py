@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.namespaces import CLIENT
+from xmppcluster.serializer import serialize
 from xmppcluster.sessions import Session
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def newer(a: Session | RemoteSession, b: Session | RemoteSession, local_node: st
 def describe(session: Session, tag: str = "bound") -> bytes:
     """A local session's directory entry as sent to other nodes."""
     presence = session.presence
-    inner = presence.toXml(defaultUri="") if presence is not None else ""
+    inner = serialize(presence) if presence is not None else ""
     return (f"<{tag} jid={quoteattr(session.jid)} at='{session.bound_at!r}' prio='{session.priority}' "
             f"interested='{int(session.interested)}'>{inner}</{tag}>").encode()
 

@@ -30,6 +30,7 @@ from xmppcluster.cluster import protocol as wire
 from xmppcluster.cluster.directory import Directory, describe
 from xmppcluster.cluster.link import Link, LinkFactory
 from xmppcluster.config import ClusterNode
+from xmppcluster.serializer import serialize
 from xmppcluster.xml import parse_element
 
 if TYPE_CHECKING:
@@ -325,7 +326,7 @@ class Cluster:
     def route_to(self, node: str, stanza: domish.Element, jid: str) -> None:
         """Deliver a stanza to the session ``jid`` on ``node``: one hop, or two through a peer that reaches it."""
         keep = stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT
-        self._route_body(node, stanza.toXml(defaultUri=""), jid, keep)
+        self._route_body(node, serialize(stanza), jid, keep)
 
     def _route_body(self, node: str, body: str, jid: str, keep: bool) -> None:
         """Send a serialized stanza (with its xmlns) towards ``jid`` on ``node``. Serialized XML never

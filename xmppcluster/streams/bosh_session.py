@@ -19,6 +19,7 @@ from twisted.words.xish import domish
 
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
+from xmppcluster.serializer import serialize
 from xmppcluster.streams.core import ClientStream, StreamHeader
 
 if TYPE_CHECKING:
@@ -67,8 +68,7 @@ def number(body: domish.Element, name: str, default: int | None = None) -> int |
 
 def render_body(attrs: dict[str, str], children: Iterable[domish.Element] = ()) -> bytes:
     """A response ``<body/>``; each child keeps its own namespace (stanzas get ``xmlns='jabber:client'``)."""
-    parts = [element.toXml(prefixes=_PREFIXES, prefixesInScope=_IN_SCOPE, defaultUri=HTTPBIND)
-             for element in children]
+    parts = [serialize(element, HTTPBIND, _PREFIXES, _IN_SCOPE) for element in children]
     head = [f"<body xmlns='{HTTPBIND}'"]
     if any(key.startswith("xmpp:") for key in attrs):
         head.append(f" xmlns:xmpp='{XBOSH}'")

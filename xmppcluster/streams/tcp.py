@@ -14,6 +14,7 @@ from twisted.words.xish import domish
 
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
+from xmppcluster.serializer import serialize as fast_serialize
 from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
 from xmppcluster.streams.throttle import ReadThrottle
 from xmppcluster.xml import StreamFault, StreamParser
@@ -29,7 +30,7 @@ _CLOSE = b"</stream:stream>"
 
 def serialize(element: domish.Element) -> bytes:
     """An element as it appears inside a jabber:client stream."""
-    return element.toXml(prefixes=_PREFIXES, prefixesInScope=_IN_SCOPE, defaultUri=ns.CLIENT).encode("utf-8")
+    return fast_serialize(element, ns.CLIENT, _PREFIXES, _IN_SCOPE).encode("utf-8")
 
 
 class ClientConnection(Protocol):

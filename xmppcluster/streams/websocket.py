@@ -34,6 +34,7 @@ from twisted.words.xish import domish
 
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
+from xmppcluster.serializer import serialize as fast_serialize
 from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
 from xmppcluster.streams.throttle import ReadThrottle
 from xmppcluster.xml import StreamFault, parse_element
@@ -61,7 +62,7 @@ CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
 def serialize(element: domish.Element) -> str:
     """One element as a self-contained RFC 7395 message: every namespace declared on it."""
-    return element.toXml(prefixes=_PREFIXES)
+    return fast_serialize(element, "", _PREFIXES)
 
 
 def normalize_origin(origin: str) -> str:
