@@ -1,10 +1,11 @@
 """One ordered, authenticated stream between two nodes (TLS, the node secrets proven inside it).
 
 The initiator is the node whose name sorts first; the other only accepts, so a pair never has two
-links. After the stream headers each side sends ``<auth proof=…/>``: an HMAC of the link key over the
-roles, the names and the TLS exporter value (RFC 9266), so the proof is worthless outside this TLS
-session. Then: heartbeats (``<hb h=…/>``, which also acknowledge routed stanzas), routed stanzas and
-directory events, handed to :class:`~xmppcluster.cluster.node.Cluster`.
+links. Everything travels in frames (:mod:`~xmppcluster.cluster.protocol`). After the ``<hello/>``
+frames each side sends ``<auth proof=…/>``: an HMAC of the link key over the roles, the names and the
+TLS exporter value (RFC 9266), so the proof is worthless outside this TLS session. Then: heartbeats
+(``<hb h=…/>``, which also acknowledge routed stanzas), routed stanzas and directory events, handed to
+:class:`~xmppcluster.cluster.node.Cluster`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.cluster import protocol as wire
-from xmppcluster.namespaces import STREAMS
 from xmppcluster.tls import channel_binding
-from xmppcluster.xml import StreamFault, StreamParser
+from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.cluster.node import Cluster
@@ -36,7 +36,8 @@ class Link(Protocol):
         self.peer = peer
         self.up = False
         self.closing = False
-        self.parser: StreamParser | None = None
+        self.decoder = wire.FrameDecoder()
+        self.hello = False  # the peer's <hello/> was accepted
         self.received = 0  # routed stanzas received: acknowledged in heartbeats
         self.last_heard = 0.0
         self.peer_links: set[str] = set()  # the nodes the peer reports links to
@@ -47,8 +48,6 @@ class Link(Protocol):
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)  # stanzas are small and latency-bound: no Nagle delay
-        self.parser = StreamParser(self, max_stanza_bytes=wire.MAX_ELEMENT_BYTES,
-                                   max_elements=wire.MAX_ELEMENTS, max_depth=wire.MAX_DEPTH)
         self.last_heard = self.cluster.clock.seconds()
         self._heartbeat = self.cluster.clock.callLater(self.cluster.heartbeat_interval, self._beat)
         if self.initiator:
@@ -57,7 +56,19 @@ class Link(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.last_heard = self.cluster.clock.seconds()
         try:
-            self.parser.feed(data)
+            for kind, payload in self.decoder.feed(data):
+                if self.closing:
+                    return
+                if kind == wire.ROUTED and self.up:
+                    self.received += 1
+                    self.cluster.routed(self, *wire.split_routed(payload))
+                elif kind == wire.CONTROL:
+                    self._control(parse_element(payload, max_bytes=wire.MAX_ELEMENT_BYTES,
+                                                max_elements=wire.MAX_ELEMENTS, max_depth=wire.MAX_DEPTH))
+                else:
+                    raise wire.FrameError("routed stanza before authentication")
+        except wire.FrameError as error:
+            self.abort(f"{error} (not a version {wire.VERSION} cluster link?)")
         except StreamFault as fault:
             self.abort(f"{fault.condition}: {fault.text or ''}")
 
@@ -73,18 +84,18 @@ class Link(Protocol):
             log.warn("cluster link {peer}: {why}", peer=self.peer or "?", why=why)
             self.transport.abortConnection()
 
-    # -- stream ------------------------------------------------------------------------------------
+    # -- opening -----------------------------------------------------------------------------------
 
     def _send_header(self) -> None:
         attrs = {"from": self.cluster.name, "version": wire.VERSION}
         if self.peer:
             attrs["to"] = self.peer
         rendered = "".join(f" {k}={quoteattr(v)}" for k, v in attrs.items())
-        self.transport.write(f"<stream:stream xmlns='{wire.NS}' xmlns:stream='{STREAMS}'{rendered}>".encode())
+        self.transport.write(wire.control(f"<hello xmlns='{wire.NS}'{rendered}/>".encode()))
 
-    def stream_started(self, root: domish.Element) -> None:
-        if root.uri != STREAMS or root.defaultUri != wire.NS:
-            return self.abort("not a cluster stream")
+    def _hello(self, root: domish.Element) -> None:
+        if root.name != "hello" or root.uri != wire.NS:
+            return self.abort("not a cluster link")
         if root.getAttribute("version") != wire.VERSION:
             return self.abort(f"unsupported cluster protocol version {root.getAttribute('version')!r}")
         sender = root.getAttribute("from")
@@ -99,6 +110,7 @@ class Link(Protocol):
                 return self.abort(f"{sender} must accept, not initiate")
             self.peer = sender
             self._send_header()
+        self.hello = True
 
     def _binding(self) -> bytes:
         value = channel_binding(self.transport, "tls-exporter")
@@ -112,23 +124,17 @@ class Link(Protocol):
 
     def _send_auth(self) -> None:
         role = "initiator" if self.initiator else "acceptor"
-        self.transport.write(f"<auth proof='{self._proof(role)}'/>".encode())
+        self.transport.write(wire.control(f"<auth proof='{self._proof(role)}'/>".encode()))
 
-    def element_received(self, element: domish.Element) -> None:
+    def _control(self, element: domish.Element) -> None:
+        if not self.hello:
+            return self._hello(element)
         if not self.up:
             return self._authenticate(element)
-        name = element.name
-        if name == "hb":
+        if element.name == "hb":
             self._acknowledged(element)
-        elif name == "r":
-            self.received += 1
-            self.cluster.routed(self, element)
         else:
             self.cluster.event(self, element)
-
-    def stream_ended(self) -> None:
-        self.closing = True
-        self.transport.loseConnection()
 
     def _authenticate(self, element: domish.Element) -> None:
         if element.name != "auth":
@@ -149,9 +155,15 @@ class Link(Protocol):
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, xml: bytes) -> None:
+        """One control element (serialized)."""
         if not self.closing:
-            self.transport.write(data)
+            self.transport.write(wire.control(xml))
+
+    def send_routed(self, node: str, session: str, body: str) -> None:
+        """A serialized stanza for ``session``, on this peer or (``node``) relayed by it."""
+        if not self.closing:
+            self.transport.write(wire.routed(node, session, body))
 
     def _beat(self) -> None:
         clock = self.cluster.clock

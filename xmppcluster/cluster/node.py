@@ -5,7 +5,7 @@
 - The node whose name sorts first in a pair connects; the other accepts. Reconnects back off.
 - Local session events (bound, presence/interest changes, unbound) are sent to every peer; each peer
   mirrors them as :class:`~xmppcluster.cluster.directory.RemoteSession` entries.
-- Stanzas to remote sessions travel as ``<r>`` on the owner's link (or via a peer that still sees the
+- Stanzas to remote sessions travel as routed frames on the owner's link (or via a peer that still sees the
   owner when the direct link is cut). Routed messages are kept until the peer acknowledges them; if
   the peer dies first they are routed again (to another resource, or offline storage).
 - A node is dead when this node has no link to it and no live peer reports one. Its sessions leave the
@@ -109,7 +109,7 @@ class Cluster:
             if hasattr(pending, "cancel"):
                 pending.cancel()
         for link in list(self.links.values()):
-            link.send(b"</stream:stream>")
+            link.closing = True
             link.transport.loseConnection()
         if self.store is not None:
             await self.store.leave(self.name)
@@ -269,13 +269,10 @@ class Cluster:
 
     # -- receiving ---------------------------------------------------------------------------------
 
-    def routed(self, link: Link, element: domish.Element) -> None:
-        """``<r session=full-jid [node=…]><![CDATA[stanza]]></r>``: deliver to that local session (the
-        stanza's ``to`` may be a bare JID: the sender already chose the resource). The stanza travels as
-        text and is written to the client as it is: no tree is built for it on this node."""
-        target = element.getAttribute("node")
-        jid = element.getAttribute("session") or ""
-        body = "".join(child for child in element.children if isinstance(child, str))
+    def routed(self, link: Link, target: str, jid: str, body: str) -> None:
+        """A routed frame: deliver ``body`` to the local session ``jid`` (the stanza's ``to`` may be a bare
+        JID: the sender already chose the resource), or relay it to ``target``. The stanza travels as text
+        and is written to the client as it is: no tree is built for it on this node."""
         if not body.strip():
             return
         if target and target != self.name:
@@ -311,7 +308,7 @@ class Cluster:
             target = element.getAttribute("node")
             inner = next(element.elements(), None)
             if target in self.links and inner is not None:
-                self.links[target].send(inner.toXml(defaultUri=wire.NS).encode())
+                self.links[target].send(serialize(inner).encode())
         else:
             self.server.hooks.fire(f"cluster/{name}", peer, element)
 
@@ -329,19 +326,17 @@ class Cluster:
         self._route_body(node, serialize(stanza), jid, keep)
 
     def _route_body(self, node: str, body: str, jid: str, keep: bool) -> None:
-        """Send a serialized stanza (with its xmlns) towards ``jid`` on ``node``. Serialized XML never
-        contains ``]]>`` (``>`` is escaped), so it travels in one CDATA section."""
-        session = quoteattr(jid)
+        """Send a serialized stanza (with its xmlns) towards ``jid`` on ``node``."""
         link = self.links.get(node)
         if link is not None:
             self._sent[node] += 1
             if keep:
                 self._outbox[node].append((self._sent[node], body, jid))
-            link.send(f"<r session={session}><![CDATA[{body}]]></r>".encode())
+            link.send_routed("", jid, body)
             return
         relay = self._relay_for(node)
         if relay is not None:
-            relay.send(f"<r session={session} node={quoteattr(node)}><![CDATA[{body}]]></r>".encode())
+            relay.send_routed(node, jid, body)
             return
         if node in self._suspects:
             # Unreachable for now: keep it until the node is back (sent then) or declared dead (rerouted).

@@ -1,16 +1,85 @@
-"""Wire-level facts of the cluster protocol: namespace, version, link keys and proofs."""
+"""Wire-level facts of the cluster protocol: framing, namespace, version, link keys and proofs.
+
+A link carries frames: one kind letter, the payload's length in decimal, ``\n``, the payload.
+
+* ``X``: one XML element (hello, auth, heartbeats, directory events), parsed with the hardened parser;
+* ``R``: a routed stanza, ``node \n session-jid \n stanza``: the stanza is already serialized, and the
+  receiving node writes it to its client as it is. ``node`` is empty unless the frame is to be relayed.
+
+Routed stanzas are most of the traffic: a length-prefixed frame costs the receiver a slice where an XML
+wrapper cost it an expat pass over the whole stanza (about 3.5 us of the 11 us a routed message cost).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterator
 
-NS = "urn:xmppcluster:cluster:1"
-VERSION = "1"
-#: A cluster stream carries whole stanzas (each already within the client limit) plus framing.
+NS = "urn:xmppcluster:cluster:2"
+VERSION = "2"
+#: A frame carries one whole stanza (each already within the client limit) or one directory event.
 MAX_ELEMENT_BYTES = 16 * 1024 * 1024
 MAX_ELEMENTS = 1_000_000
 MAX_DEPTH = 256
+CONTROL, ROUTED = b"X"[0], b"R"[0]
+_MAX_HEADER = 10  # kind + up to 8 digits + newline (16 MiB has 8 digits)
+
+
+class FrameError(ValueError):
+    """The peer does not speak this framing (or breaks it)."""
+
+
+def control(xml: bytes) -> bytes:
+    """An ``X`` frame around one serialized element."""
+    return b"X%d\n%s" % (len(xml), xml)
+
+
+def routed(node: str, session: str, body: str) -> bytes:
+    """An ``R`` frame: ``body`` (a serialized stanza) for ``session`` on ``node`` ('' for the receiver)."""
+    payload = f"{node}\n{session}\n{body}".encode()
+    return b"R%d\n%s" % (len(payload), payload)
+
+
+def split_routed(payload: bytes) -> tuple[str, str, str]:
+    """``(node, session, body)`` of an ``R`` payload; :class:`FrameError` if it is not one."""
+    try:
+        node, session, body = payload.decode("utf-8").split("\n", 2)
+    except (UnicodeDecodeError, ValueError):
+        raise FrameError("malformed routed frame") from None
+    return node, session, body
+
+
+class FrameDecoder:
+    """Bytes in, ``(kind, payload)`` out; whatever is incomplete waits for the next :meth:`feed`."""
+
+    def __init__(self, max_payload: int = MAX_ELEMENT_BYTES) -> None:
+        self.max_payload = max_payload
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        buffer = self._buffer + data if self._buffer else data
+        position, end = 0, len(buffer)
+        try:
+            while position < end:
+                newline = buffer.find(b"\n", position, position + _MAX_HEADER)
+                if newline < 0:
+                    if end - position >= _MAX_HEADER:
+                        raise FrameError(f"bad frame header {buffer[position:position + _MAX_HEADER]!r}")
+                    break
+                kind, digits = buffer[position], buffer[position + 1:newline]
+                if kind not in (CONTROL, ROUTED) or not digits.isdigit():
+                    raise FrameError(f"bad frame header {buffer[position:newline + 1]!r}")
+                size = int(digits)
+                if size > self.max_payload:
+                    raise FrameError(f"frame of {size} bytes exceeds the {self.max_payload}-byte limit")
+                start = newline + 1
+                if end - start < size:
+                    break
+                position = start + size
+                yield kind, buffer[start:position]
+        finally:
+            self._buffer = buffer[position:]
 
 
 class NoSecret(ValueError):
