@@ -280,6 +280,60 @@ def human(line: dict) -> str:
             f" ({line.get('target', 'no target')}){verdict}")
 
 
+def _rows(line: dict, p: dict) -> list[tuple[str, str]]:
+    """(label, key) of each table row a scenario contributes."""
+    name = line["scenario"]
+    if name == "login":
+        return [(f"logins/s, {line['xmppcluster'].get('concurrency', 0)} concurrent", "concurrent_per_s"),
+                ("  server CPU ms per login", "server_cpu_ms_per_login"),
+                ("logins/s, sequential", "sequential_per_s")]
+    if name == "latency":
+        return [(f"p50 ms at {p['rate']} msg/s", "p50_ms"), (f"p99 ms at {p['rate']} msg/s", "p99_ms")]
+    if name == "memory":
+        return [(f"KiB per idle session, {n}", f"kib_per_session_{n}") for n in p["memory"]]
+    if name == "presence":
+        return [(f"presence to {n} contacts, p50 ms", f"p50_ms_{n}") for n in p["fanout"]]
+    if name == "cluster":
+        return [("cluster: local msg/s (t1 -> t1)", "local_messages_per_s"),
+                ("cluster: cross msg/s (t1 -> t2)", "cross_messages_per_s"),
+                ("  cross / local throughput", "cross_vs_local_throughput"),
+                ("cluster: local / cross p99 ms", "local_p99_ms"), ("", "cross_p99_ms"),
+                ("  cross / local p99", "cross_vs_local_p99")]
+    label = {"tcp": "1:1 msg/s, plain TCP", "starttls": "1:1 msg/s, STARTTLS", "websocket": "WebSocket msg/s",
+             "bosh": "BOSH msg/s"}.get(name, name)
+    return [(label, "messages_per_s")]
+
+
+def table(lines: list[dict], p: dict) -> str:
+    """The side-by-side table of every scenario that ran."""
+    out = [f"{'scenario':<36} {'xmppcluster':>12} {'prosody':>10} {'ratio':>7}  target"]
+    for line in lines:
+        ours, theirs = line.get("xmppcluster") or {}, line.get("prosody") or {}
+        if "error" in ours:
+            out.append(f"{line['scenario']:<36} ERROR {ours['error'][:60]}")
+            continue
+        for i, (label, key) in enumerate(_rows(line, p)):
+            mine, other = ours.get(key), theirs.get(key)
+            ratio = round(mine / other, 2) if isinstance(mine, (int, float)) and other else None
+            verdict = ""
+            if i == 0 or key == line.get("metric"):
+                verdict = line.get("target", "")
+                if "met" in line:
+                    verdict += " met" if line["met"] else " MISSED"
+            out.append(f"{label:<36} {_fmt(mine):>12} {_fmt(other):>10} {_fmt(ratio):>7}  {verdict}".rstrip())
+    return "\n".join(out)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value >= 1000:
+        return f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
 async def run_cluster(base: str, p: dict, users: list[str], single_rate: float | None) -> dict:
     """Two xmppcluster nodes (both on the server CPU) sharing one database: t1 -> t2 against t1 -> t1."""
     directory, db_uri = servers.xmppcluster_directory(os.path.join(base, "cluster"))
@@ -365,6 +419,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print(json.dumps({"meta": meta}), flush=True)
         failed = 0
         single_rate = None
+        lines: list[dict] = []
         for name in wanted:
             if name == "cluster":
                 continue
@@ -381,10 +436,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 line = {"scenario": name, "xmppcluster": results["xmppcluster"], "prosody": results["prosody"]}
                 print(json.dumps(line), flush=True)
                 print(f"{name:>10}: ERROR {line}", flush=True)
+                lines.append(line)
                 continue
             if name == "tcp":
                 single_rate = results["xmppcluster"]["messages_per_s"]
             line = compare(name, results["xmppcluster"], results["prosody"], p)
+            lines.append(line)
             print(json.dumps(line), flush=True)
             print(human(line), flush=True)
         if "cluster" in wanted:
@@ -393,6 +450,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 line = {"scenario": "cluster", "xmppcluster": out, "prosody": None,
                         "target": "cross >= 0.7 x local throughput, cross p99 <= 2 x local p99",
                         "met": out["cross_vs_local_throughput"] >= 0.7 and out["cross_vs_local_p99"] <= 2.0}
+                lines.append(line)
                 print(json.dumps(line), flush=True)
                 print(f"{'cluster':>10}: local {out['local_messages_per_s']}/s p99 {out['local_p99_ms']} ms, "
                       f"t1->t2 {out['cross_messages_per_s']}/s p99 {out['cross_p99_ms']} ms, ratio "
@@ -401,6 +459,7 @@ async def main_async(args: argparse.Namespace) -> int:
             except Exception as e:
                 failed += 1
                 print(json.dumps({"scenario": "cluster", "xmppcluster": {"error": f"{type(e).__name__}: {e}"}}))
+        print("\n" + table(lines, p), flush=True)
         return 1 if failed else 0
     finally:
         for server in started:

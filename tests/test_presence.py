@@ -225,9 +225,14 @@ class PresenceTestsMixin(IMHarness):
         bob = await self.login(B, available=True)
         await self.subscribe_both(alice, bob)
         await bob.close()
+        roster = self.server.modules["jabber:iq:roster"]
+        loaded = []
+        whole = roster.store.get
+        self.patch(roster.store, "get", lambda user, domain: loaded.append(user) or whole(user, domain))
         alice2 = await self.login(A, "r2", available=False)
         await alice2.presence()
         self.assertIn((B, A + "/r2", "unavailable"), attrs(alice2.presences("unavailable")))
+        self.assertNotIn("bob", loaded)  # one item of the offline contact's roster, not all of it
 
     async def test_probes_answered_only_to_subscribers(self) -> None:
         await self.start()

@@ -179,7 +179,7 @@ class Presence(Module):
             if not await self.server.storage.accounts.exists(*split_bare(bare)):
                 router.route(stanzas.make("presence", type="unsubscribed", frm=bare, to=prober_bare))
                 return
-            item = (await self.roster.roster(bare)).items.get(prober_bare)
+            item = await self.roster.item(bare, prober_bare)
             if item is None or item.subscription not in FROM:
                 router.route(stanzas.make("presence", type="unsubscribed", frm=bare, to=prober_bare))
                 return

@@ -135,6 +135,15 @@ class RosterModule(Module):
             self._cache[bare] = loaded
         return loaded
 
+    async def item(self, bare: str, contact: str) -> RosterItem | None:
+        """One item of ``bare``'s roster: from the cache, else one indexed row (a probe to an offline account
+        with a large roster must not load all of it). Call inside a job of ``bare``."""
+        cached = self._cache.get(bare)
+        if cached is not None:
+            return cached.items.get(contact)
+        assert self.store is not None
+        return await self.store.get_item(*split_bare(bare), contact)
+
     def invalidate(self, bare: str) -> None:
         """Forget the cached roster of ``bare`` (it changed elsewhere, e.g. on another cluster node)."""
         self._cache.pop(bare, None)
@@ -143,7 +152,7 @@ class RosterModule(Module):
         """True (in a Deferred) when ``who`` is subscribed to ``owner``'s presence ('from' or 'both')."""
 
         async def check() -> bool:
-            item = (await self.roster(owner)).items.get(who)
+            item = await self.item(owner, who)
             return item is not None and item.subscription in ("from", "both")
 
         return self.serialize(owner, check)
