@@ -7,7 +7,7 @@ import base64
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from xmppcluster.auth.credentials import derive
+from xmppcluster.auth.credentials import derive, saslprep
 from xmppcluster.auth.mechanisms import AuthContext, Challenge, ChannelInfo, SASLFailure, Success, fake_credentials
 from xmppcluster.auth.scram import (
     ScramMechanism,
@@ -132,3 +132,31 @@ class FakeCredentialsTests(unittest.TestCase):
         self.assertNotEqual(a.salt, fake_credentials("SCRAM-SHA-256", "alice", other).salt)
         self.assertEqual((len(a.salt), a.iterations, len(a.stored_key)), (16, 4096, 32))
         self.assertEqual(len(fake_credentials("SCRAM-SHA-1", "alice", ctx).stored_key), 20)
+
+
+class SASLprepTests(unittest.TestCase):
+    """RFC 4013 examples, and the ASCII fast path giving what the full profile gives."""
+
+    def test_rfc4013_examples(self) -> None:
+        self.assertEqual(saslprep("I\u00adX"), "IX")  # soft hyphen mapped to nothing
+        self.assertEqual(saslprep("user"), "user")
+        self.assertEqual(saslprep("USER"), "USER")
+        self.assertEqual(saslprep("\u00aa"), "a")  # NFKC
+        self.assertEqual(saslprep("\u2168"), "IX")
+        self.assertEqual(saslprep("a\u00a0b"), "a b")  # non-ASCII space mapped to space
+        for bad in ("\u0007", "a\x00b", "x\x7f"):
+            with self.assertRaises(ValueError):
+                saslprep(bad)
+
+    def test_ascii_fast_path_matches_the_full_profile(self) -> None:
+        for code in range(128):
+            text = f"a{chr(code)}b"
+            try:
+                slow = saslprep("\u00e9" + text)[1:]  # a non-ASCII first character takes the full path
+            except ValueError:
+                slow = None
+            try:
+                fast = saslprep(text)
+            except ValueError:
+                fast = None
+            self.assertEqual(fast, slow, hex(code))

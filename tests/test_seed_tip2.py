@@ -53,9 +53,15 @@ class Tip2Tests(TestCase):
         await deferToThread(self.wait_linked)
 
     def wait_linked(self) -> None:
-        for name in NODES:
-            other = T2 if name == T1 else T1
-            wait_until(lambda name=name, other=other: f"link to {other} up" in self.cluster.nodes[name].output())
+        """Both links up (30 s: two nodes start beside the rest of the suite); else every node's log."""
+        try:
+            for name in NODES:
+                other = T2 if name == T1 else T1
+                wait_until(lambda name=name, other=other: f"link to {other} up" in self.cluster.nodes[name].output(),
+                           timeout=30.0)
+        except AssertionError:
+            logs = "\n".join(f"--- {name}\n{self.cluster.nodes[name].output()[-4000:]}" for name in NODES)
+            raise AssertionError(f"cluster links did not come up:\n{logs}") from None
 
     # -- helpers -------------------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ def verify_password(credentials: ScramCredentials, password: str) -> bool:
 
 def saslprep(text: str) -> str:
     """SASLprep (RFC 4013) of a password or username: map, normalise NFKC, refuse prohibited code points."""
+    if text.isascii() and text.isprintable():
+        return text  # no ASCII character is mapped, changed by NFKC or prohibited, except the controls
     import stringprep
     import unicodedata
 

@@ -136,9 +136,11 @@ class RosterModule(Module):
         return loaded
 
     async def item(self, bare: str, contact: str) -> RosterItem | None:
-        """One item of ``bare``'s roster: from the cache, else one indexed row (a probe to an offline account
-        with a large roster must not load all of it). Call inside a job of ``bare``."""
+        """One item of ``bare``'s roster: from the cache (an account online here), else one indexed row (a
+        probe to an offline account with a large roster must not load all of it). Call inside a job of ``bare``."""
         cached = self._cache.get(bare)
+        if cached is None and self.server.sessions.of(bare):
+            cached = await self.roster(bare)  # online here: load it whole, it stays cached
         if cached is not None:
             return cached.items.get(contact)
         assert self.store is not None
