@@ -11,8 +11,8 @@ STANZA = "<message xmlns='jabber:client' to='b@x/r'><body>line 1\nline 2 é &amp
 
 class FramingTests(TestCase):
     def test_round_trip_in_every_split(self) -> None:
-        stream = (wire.control(b"<hb h='3' links='t2'/>") + wire.routed("", "b@x/r", STANZA)
-                  + wire.routed("t3.example", "c@x/é", "<presence xmlns='jabber:client'/>"))
+        stream = (wire.control(b"<hb h='3' links='t2'/>") + wire.routed("", "b@x/r", STANZA.encode())
+                  + wire.routed("t3.example", "c@x/é", b"<presence xmlns='jabber:client'/>"))
         expected = [(wire.CONTROL, b"<hb h='3' links='t2'/>"),
                     (wire.ROUTED, f"\nb@x/r\n{STANZA}".encode()),
                     (wire.ROUTED, "t3.example\nc@x/é\n<presence xmlns='jabber:client'/>".encode())]
@@ -24,12 +24,12 @@ class FramingTests(TestCase):
         self.assertEqual([f for byte in range(len(stream)) for f in decoder.feed(stream[byte:byte + 1])], expected)
 
     def test_routed_payload(self) -> None:
-        (_, payload), = wire.FrameDecoder().feed(wire.routed("", "b@x/r", STANZA))
-        self.assertEqual(wire.split_routed(payload), ("", "b@x/r", STANZA))  # newlines in the stanza survive
+        (_, payload), = wire.FrameDecoder().feed(wire.routed("", "b@x/r", STANZA.encode()))
+        self.assertEqual(wire.split_routed(payload), ("", "b@x/r", STANZA.encode()))  # newlines survive
         with self.assertRaises(wire.FrameError):
             wire.split_routed(b"no newline")
         with self.assertRaises(wire.FrameError):
-            wire.split_routed(b"\nb@x\n\xff")
+            wire.split_routed(b"\n\xffb@x\n<body/>")  # the JID must be UTF-8 (the stanza is passed on)
 
     def test_bad_headers(self) -> None:
         for data in (b"<stream:stream xmlns='urn:xmppcluster:cluster:1'>",  # version 1 peer

@@ -63,12 +63,12 @@ class Cluster:
         # Routed messages not yet acknowledged: (number, serialized stanza, session JID). Kept as text, not
         # as the parsed tree: a tree (parent <-> child cycles) held ~1 s reaches the oldest GC generation and
         # makes its full collections take 100-250 ms at a few thousand messages/s.
-        self._outbox: dict[str, deque[tuple[int, str, str]]] = {}
+        self._outbox: dict[str, deque[tuple[int, bytes, str]]] = {}
         self._sent: dict[str, int] = {}
         self._connecting: dict[str, Any] = {}
         self._backoff: dict[str, float] = {}
         self._suspects: dict[str, float] = {}  # node -> since when it is unreachable
-        self._waiting: dict[str, list[tuple[str, str, bool]]] = {}  # (stanza text, jid, kept) per unreachable node
+        self._waiting: dict[str, list[tuple[bytes, str, bool]]] = {}  # (stanza UTF-8, jid, kept) per unreachable node
         self._stopping = False
         self._sweeper = None
         self.bosh = None
@@ -269,11 +269,11 @@ class Cluster:
 
     # -- receiving ---------------------------------------------------------------------------------
 
-    def routed(self, link: Link, target: str, jid: str, body: str) -> None:
+    def routed(self, link: Link, target: str, jid: str, body: bytes) -> None:
         """A routed frame: deliver ``body`` to the local session ``jid`` (the stanza's ``to`` may be a bare
         JID: the sender already chose the resource), or relay it to ``target``. The stanza travels as text
         and is written to the client as it is: no tree is built for it on this node."""
-        if not body.strip():
+        if not body:
             return
         if target and target != self.name:
             self._route_body(target, body, jid, keep=False)  # relay for a peer that lost its direct link
@@ -323,10 +323,10 @@ class Cluster:
     def route_to(self, node: str, stanza: domish.Element, jid: str) -> None:
         """Deliver a stanza to the session ``jid`` on ``node``: one hop, or two through a peer that reaches it."""
         keep = stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT
-        self._route_body(node, serialize(stanza), jid, keep)
+        self._route_body(node, serialize(stanza).encode("utf-8"), jid, keep)
 
-    def _route_body(self, node: str, body: str, jid: str, keep: bool) -> None:
-        """Send a serialized stanza (with its xmlns) towards ``jid`` on ``node``."""
+    def _route_body(self, node: str, body: bytes, jid: str, keep: bool) -> None:
+        """Send a serialized stanza (UTF-8, with its xmlns) towards ``jid`` on ``node``."""
         link = self.links.get(node)
         if link is not None:
             self._sent[node] += 1
@@ -416,10 +416,9 @@ class Cluster:
 
 
 
-def _reparse(body: str) -> domish.Element:
+def _reparse(body: bytes) -> domish.Element:
     """A stanza kept as text in the outbox, as an element again (to route it another way)."""
-    data = body.encode("utf-8")
-    return parse_element(data, max_bytes=len(data) + 1, max_elements=1_000_000, max_depth=1_000)
+    return parse_element(body, max_bytes=len(body) + 1, max_elements=1_000_000, max_depth=1_000)
 
 
 class _OneLink(LinkFactory):

@@ -35,19 +35,20 @@ def control(xml: bytes) -> bytes:
     return b"X%d\n%s" % (len(xml), xml)
 
 
-def routed(node: str, session: str, body: str) -> bytes:
-    """An ``R`` frame: ``body`` (a serialized stanza) for ``session`` on ``node`` ('' for the receiver)."""
-    payload = f"{node}\n{session}\n{body}".encode()
-    return b"R%d\n%s" % (len(payload), payload)
+def routed(node: str, session: str, body: bytes) -> bytes:
+    """An ``R`` frame: ``body`` (a stanza as UTF-8 XML) for ``session`` on ``node`` ('' for the receiver)."""
+    head = f"{node}\n{session}\n".encode()
+    return b"R%d\n%s%s" % (len(head) + len(body), head, body)
 
 
-def split_routed(payload: bytes) -> tuple[str, str, str]:
-    """``(node, session, body)`` of an ``R`` payload; :class:`FrameError` if it is not one."""
+def split_routed(payload: bytes) -> tuple[str, str, bytes]:
+    """``(node, session, body)`` of an ``R`` payload (the stanza stays UTF-8 bytes: it is written to the
+    client as it is); :class:`FrameError` if it is not one."""
     try:
-        node, session, body = payload.decode("utf-8").split("\n", 2)
+        node, session, body = payload.split(b"\n", 2)
+        return node.decode("utf-8"), session.decode("utf-8"), body
     except (UnicodeDecodeError, ValueError):
         raise FrameError("malformed routed frame") from None
-    return node, session, body
 
 
 class FrameDecoder:

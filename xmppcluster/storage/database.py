@@ -180,7 +180,13 @@ class Database:
 
     async def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Run a read; retried once if the PostgreSQL connection was lost."""
-        return await self.read(_fetchall, sql, params)
+        if self.inline_reads and not self._closed:
+            try:  # one statement is its own snapshot: no BEGIN/COMMIT around it
+                return self._reader_connection().execute(sql, params).fetchall()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+        return await self._run(_fetchall, (sql, params), retry=True)
 
     async def execute(self, sql: str, params: tuple = (), *, idempotent: bool = False) -> int:
         """Run one write statement in its own transaction; returns the rowcount."""
@@ -197,11 +203,14 @@ class Database:
                     raise
         return await self._run(fn, args, retry=True)
 
-    def _read_here(self, fn: Callable[..., Any], args: tuple) -> Any:
-        """An SQLite read on this thread, in its own read transaction (one snapshot)."""
+    def _reader_connection(self) -> sqlite3.Connection:
         if self._reader is None:
             self._reader = _sqlite_reader(self._sqlite_path)
-        conn = self._reader
+        return self._reader
+
+    def _read_here(self, fn: Callable[..., Any], args: tuple) -> Any:
+        """An SQLite read on this thread, in its own read transaction (one snapshot)."""
+        conn = self._reader_connection()
         conn.execute("BEGIN")
         try:
             raw = conn.cursor()

@@ -125,9 +125,9 @@ class ClientConnection(Protocol):
             self.transport.write(serialize(element))
             self._sent_since_keepalive = True
 
-    def send_serialized(self, text: str) -> None:
+    def send_serialized(self, text: bytes) -> None:
         if not self._closing:
-            self.transport.write(text.encode("utf-8"))
+            self.transport.write(text)
             self._sent_since_keepalive = True
 
     def close_stream(self, error: domish.Element | None = None) -> None:
