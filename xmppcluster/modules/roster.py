@@ -16,12 +16,13 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.words.xish import domish
 
 from xmppcluster import stanza as stanzas
 from xmppcluster.jid import InvalidJID, parse_jid
+from xmppcluster.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.modules.subscription import State, Transition
 from xmppcluster.storage.roster import Change, RosterFull, RosterItem, RosterStore
@@ -74,8 +75,7 @@ class RosterModule(Module):
         self.store: RosterStore | None = None
         self.max_items: int = self.config.get("--", "roster-max-size")
         self._cache: dict[str, StoredRoster] = {}
-        self._locks: dict[str, DeferredLock] = {}
-        self._work: set[Deferred] = set()
+        self._jobs = KeyedQueue()
         self._ids = itertools.count(1)
 
     def start(self) -> None:
@@ -91,20 +91,7 @@ class RosterModule(Module):
 
         Never wait, inside a job, for another job of the same account (it would wait for itself).
         """
-        lock = self._locks.get(bare)
-        if lock is None:
-            lock = self._locks[bare] = DeferredLock()
-        d = lock.run(lambda: ensureDeferred(fn(*args)))
-        self._work.add(d)
-
-        def done(result: Any) -> Any:
-            self._work.discard(d)
-            if not lock.locked and not lock.waiting and self._locks.get(bare) is lock:
-                del self._locks[bare]
-            return result
-
-        d.addBoth(done)
-        return d
+        return self._jobs.run(bare, fn, *args)
 
     def spawn(self, bare: str, fn: Callable[..., Any], *args: Any) -> None:
         """Like :meth:`serialize`, for work nobody waits for: failures are logged."""
@@ -113,13 +100,12 @@ class RosterModule(Module):
 
     def busy(self, bare: str) -> bool:
         """True while jobs of ``bare`` are running or queued."""
-        lock = self._locks.get(bare)
-        return lock is not None and lock.locked
+        return self._jobs.busy(bare)
 
     async def settle(self) -> None:
         """Wait until no job is running or queued (tests, shutdown)."""
-        while self._work:
-            await DeferredList(list(self._work), consumeErrors=True)
+        while pending := self._jobs.pending():
+            await DeferredList(pending, consumeErrors=True)
             await deferLater(reactor, 0, lambda: None)
 
     # -- reading -----------------------------------------------------------------------------------
