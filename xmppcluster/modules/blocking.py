@@ -21,12 +21,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from xmppcluster import stanza as stanzas
 from xmppcluster.jid import InvalidJID, parse_jid
+from xmppcluster.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.sessions import Session
 from xmppcluster.storage.blocking import BlockingStore, BlocklistFull
@@ -81,7 +82,7 @@ class Blocking(Module):
         self.store: BlockingStore | None = None
         self._lists: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._loading: dict[str, list[Deferred]] = {}
-        self._locks: dict[str, DeferredLock] = {}
+        self._changes = KeyedQueue()  # one block/unblock at a time per account
 
     def start(self) -> None:
         db = getattr(self.server.storage, "db", None)
@@ -318,17 +319,7 @@ class Blocking(Module):
         jids = self._items(payload)
         if payload.name == "block" and not jids:
             raise StanzaError("bad-request", "<block/> needs at least one <item/>")
-        lock = self._locks.setdefault(bare, DeferredLock())
-        await lock.acquire()
-        try:
-            if payload.name == "block":
-                await self._block(bare, jids)
-            else:
-                await self._unblock(bare, jids)
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(bare, None)
+        await self._changes.run(bare, self._block if payload.name == "block" else self._unblock, bare, jids)
         self.server.router.route(stanzas.result(request))
         self._push(bare, payload.name, jids)
         return False

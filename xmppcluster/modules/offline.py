@@ -16,9 +16,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.words.xish import domish
 
+from xmppcluster.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.blocking import blocked_by
 from xmppcluster.sessions import Session
@@ -98,7 +99,7 @@ class OfflineMessages(Module):
         #: background stores and deliveries, for :meth:`drain`
         self._pending: set[Deferred] = set()
         #: bare JID -> lock that keeps its stores in arrival order
-        self._store_locks: dict[str, DeferredLock] = {}
+        self._stores = KeyedQueue()
 
     def start(self) -> None:
         db = getattr(self.server.storage, "db", None)
@@ -153,30 +154,29 @@ class OfflineMessages(Module):
         return True
 
     async def _store(self, stanza: domish.Element, data: bytes, user: str, domain: str, now: int) -> None:
-        assert self.store is not None
         bare = f"{user}@{domain}"
         # One store at a time per account, in arrival order: the queue order is the order messages came in.
-        lock = self._store_locks.setdefault(bare, DeferredLock())
-        await lock.acquire()
-        try:
-            await self.store.store(user, domain, stanza.getAttribute("from") or "", data,
-                                   limit=self.max_messages, now=now)
-        except (NoSuchAccount, OfflineQueueFull):
-            self.server.router.bounce(stanza, "service-unavailable")
+        if not await self._stores.run(bare, self._store_one, stanza, data, user, domain, now):
             return
-        except Exception:
-            self.log.failure("storing an offline message for {user}@{domain} failed", user=user, domain=domain)
-            self.server.router.bounce(stanza, "internal-server-error")
-            return
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._store_locks.pop(bare, None)
         # A resource may have become available while the message was being written: hand it over now.
         target = self._target(f"{user}@{domain}")
         if target is not None:
             self.deliver(target)
 
+    async def _store_one(self, stanza: domish.Element, data: bytes, user: str, domain: str, now: int) -> bool:
+        """Write one message; False (and the sender told) when it cannot be stored."""
+        assert self.store is not None
+        try:
+            await self.store.store(user, domain, stanza.getAttribute("from") or "", data,
+                                   limit=self.max_messages, now=now)
+        except (NoSuchAccount, OfflineQueueFull):
+            self.server.router.bounce(stanza, "service-unavailable")
+            return False
+        except Exception:
+            self.log.failure("storing an offline message for {user}@{domain} failed", user=user, domain=domain)
+            self.server.router.bounce(stanza, "internal-server-error")
+            return False
+        return True
     # -- delivering -----------------------------------------------------------------------------
 
     @hook("presence/broadcast")
