@@ -51,6 +51,18 @@ class SerializerTests(TestCase):
         for text in STANZAS:
             self.assertSame(parse_element(text.encode()))
 
+    def test_stream_features(self) -> None:
+        features = domish.Element((ns.STREAMS, "features"))
+        features.addElement(("urn:ietf:params:xml:ns:xmpp-tls", "starttls")).addElement("required")
+        mechanisms = features.addElement(("urn:ietf:params:xml:ns:xmpp-sasl", "mechanisms"))
+        mechanisms.addElement("mechanism", content="SCRAM-SHA-1")
+        features.addElement((ns.STREAMS, "extra"))
+        self.assertSame(features)
+        self.assertEqual(serialize(features, ns.CLIENT, {ns.STREAMS: "stream"}, ["stream"]),
+                         "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
+                         "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-1</mechanism>"
+                         "</mechanisms><stream:extra/></stream:features>")
+
     def test_built_with_domish(self) -> None:
         message = domish.Element((ns.CLIENT, "message"))
         message["to"] = "a@b"
@@ -70,19 +82,25 @@ class SerializerTests(TestCase):
         for text in STANZAS[:7]:
             serialize(parse_element(text.encode()), ns.CLIENT, {ns.STREAMS: "stream"}, ["stream"])
         self.assertEqual(calls, [])
+        error = domish.Element((ns.STREAMS, "error"))
+        error.addElement(("urn:ietf:params:xml:ns:xmpp-streams", "conflict"))
+        serialize(error, ns.CLIENT, {ns.STREAMS: "stream"}, ["stream"])
+        self.assertEqual(calls, [])  # stream:error on a client stream: the prefix is in scope
+        serialize(error, "", {ns.STREAMS: "stream"})
+        self.assertEqual(calls, [1])  # WebSocket: the prefix must be declared, domish does it
         serialize(parse_element(STANZAS[7].encode()), ns.CLIENT, {ns.STREAMS: "stream"}, ["stream"])
-        self.assertEqual(calls, [1])
+        self.assertEqual(calls, [1, 1])  # declares its own prefix
 
     def test_random_trees(self) -> None:
         """Random trees of namespaces, attributes (plain and xml:lang), text with every special character."""
         rng = random.Random(7227)
-        uris = [ns.CLIENT, "urn:a", "urn:b", None]
+        uris = [ns.CLIENT, "urn:a", "urn:b", ns.STREAMS, None]
         texts = ["", "plain", "a&b", "<tag>", "q'\"", "]]>", "é€😀"]
 
         def build(depth: int, parent_uri: str) -> domish.Element:
             uri = rng.choice(uris) or parent_uri
             element = domish.Element((uri, rng.choice(["a", "b", "message", "x"])),
-                                     defaultUri=rng.choice([uri, uri, None]) if uri == parent_uri else uri)
+                                     defaultUri=rng.choice([uri, uri, uri, None, rng.choice(uris[:4])]))
             for i in range(rng.randrange(3)):
                 element[f"k{i}"] = rng.choice(texts)
             if rng.random() < 0.3:
