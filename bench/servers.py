@@ -323,7 +323,7 @@ bosh_max_inactivity = 600
 c2s_timeout = 3600
 authentication = "internal_hashed"
 storage = "internal"
-log = {{ warn = "{directory}/prosody.log"; error = "{directory}/prosody.err"; }}
+log = {{ info = "{directory}/prosody.log"; error = "{directory}/prosody.err"; }}  -- its default level, like ours
 ssl = {{ certificate = "{cert}"; key = "{key}"; }}
 VirtualHost "{DOMAIN}"
 """

@@ -176,10 +176,7 @@ class Presence(Module):
         router = self.server.router
         prober_bare = _bare_of(prober)
         if prober_bare != bare:
-            if not await self.server.storage.accounts.exists(*split_bare(bare)):
-                router.route(stanzas.make("presence", type="unsubscribed", frm=bare, to=prober_bare))
-                return
-            item = await self.roster.item(bare, prober_bare)
+            item = await self.roster.item(bare, prober_bare)  # none for an account that does not exist either
             if item is None or item.subscription not in FROM:
                 router.route(stanzas.make("presence", type="unsubscribed", frm=bare, to=prober_bare))
                 return
