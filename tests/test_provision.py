@@ -95,6 +95,9 @@ class ProvisionTestsMixin:
         # No SCRAM-SHA-256 keys until the password is known: the first PLAIN login derives them.
         self.assertEqual(await self.sasl(storage, "SCRAM-SHA-256", "juliet", "r0m30!"), "failure")
         self.assertEqual(await self.sasl(storage, "PLAIN", "juliet", "r0m30!"), "success")
+        for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256"):  # never fewer iterations than Prosody's keys had
+            self.assertEqual((await storage.accounts.get_credentials("juliet", "example.com", mechanism)).iterations,
+                             10000)
         self.assertEqual(await self.sasl(storage, "SCRAM-SHA-256", "juliet", "r0m30!"), "success")
         self.assertEqual(await self.sasl(storage, "SCRAM-SHA-1", "juliet", "r0m30!"), "success")
         self.assertEqual(await self.sasl(storage, "SCRAM-SHA-1", "nurse", "cr3am"), "success")

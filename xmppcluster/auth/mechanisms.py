@@ -198,18 +198,19 @@ class Plain(Mechanism):
             proven = False
         verdict(user, proven, refusal)
         if credentials.mechanism != "SCRAM-SHA-256":
-            await self._complete_credentials(user, password)
+            await self._complete_credentials(user, password, credentials.iterations)
         return Success(user)
 
-    async def _complete_credentials(self, user: str, password: str) -> None:
+    async def _complete_credentials(self, user: str, password: str, iterations: int) -> None:
         """An account with SCRAM-SHA-1 keys only (e.g. imported from Prosody) gets new keys for both
-        mechanisms now that the password is known (a fresh salt, this server's ``--scram-iterations``, as
-        ``set_password`` writes them); a failure here never fails the login."""
+        mechanisms now that the password is known: a fresh salt, and never fewer PBKDF2 iterations than
+        it had (Prosody uses 10,000; ``--scram-iterations`` defaults to 4,096). A failure here never fails
+        the login."""
         store = getattr(self.ctx.credentials, "set_password", None)
         if store is None:
             return
         try:
-            await store(user, self.ctx.domain, password)
+            await store(user, self.ctx.domain, password, min_iterations=iterations)
         except Exception:
             _log.failure("could not add SCRAM-SHA-256 credentials for {user}@{domain}", user=user,
                          domain=self.ctx.domain)

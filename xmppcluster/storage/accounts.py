@@ -30,9 +30,9 @@ class AccountStore:
         self.db = db
         self.scram_iterations = scram_iterations
 
-    async def _credentials(self, password: str) -> list[ScramCredentials]:
+    async def _credentials(self, password: str, min_iterations: int = 0) -> list[ScramCredentials]:
         # PBKDF2 is deliberately slow: keep it off the reactor thread.
-        return await deferToThread(_derive_all, password, self.scram_iterations)
+        return await deferToThread(_derive_all, password, max(self.scram_iterations, min_iterations))
 
     def _write_credentials(self, cursor: Cursor, user: str, domain: str, creds: list[ScramCredentials]) -> None:
         cursor.execute("DELETE FROM account_credentials WHERE domain = ? AND username = ?", (domain, user))
@@ -63,9 +63,10 @@ class AccountStore:
         except self.db.IntegrityError:  # lost a race with another creator
             raise AccountExists(f"{user}@{domain} already exists") from None
 
-    async def set_password(self, user: str, domain: str, password: str) -> None:
-        """Replace the credentials of ``user@domain``; :class:`NoSuchAccount` if absent."""
-        creds = await self._credentials(password)
+    async def set_password(self, user: str, domain: str, password: str, *, min_iterations: int = 0) -> None:
+        """Replace the credentials of ``user@domain`` (PBKDF2 with ``--scram-iterations``, or ``min_iterations``
+        if that is more); :class:`NoSuchAccount` if absent."""
+        creds = await self._credentials(password, min_iterations)
 
         def txn(cursor: Cursor) -> None:
             if not _exists(cursor, user, domain):
