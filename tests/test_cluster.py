@@ -443,6 +443,30 @@ class CrossNodeIqAndProbeTests(ClusterTestCase):
 
         return deferToThread(scenario).addCallback(check)
 
+    def test_blocklist_push_reaches_resources_on_every_node(self) -> None:
+        """XEP-0191 §3.3/3.4: a change made on t1 is pushed to the account's resource on t2 too."""
+        def scenario():
+            here = self.client("t1.example.com", "alice", "here")
+            there = self.client("t2.example.com", "alice", "there")
+            for client in (here, there):
+                client.send("<iq type='get' id='bl'><blocklist xmlns='urn:xmpp:blocking'/></iq>")
+                client.until("{jabber:client}iq")
+            here.send(f"<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='bob@{DOMAIN}'/>"
+                      "</block></iq>")
+            pushed = there.until("{jabber:client}iq")
+            here.send(f"<iq type='set' id='u1'><unblock xmlns='urn:xmpp:blocking'><item jid='bob@{DOMAIN}'/>"
+                      "</unblock></iq>")
+            unpushed = there.until("{jabber:client}iq")
+            return pushed, unpushed
+
+        def check(result):
+            for iq, action in zip(result, ("block", "unblock"), strict=True):
+                self.assertEqual(iq.get("type"), "set")
+                items = iq.findall(f"{{urn:xmpp:blocking}}{action}/{{urn:xmpp:blocking}}item")
+                self.assertEqual([item.get("jid") for item in items], [f"bob@{DOMAIN}"], action)
+
+        return deferToThread(scenario).addCallback(check)
+
     def test_probe_answered_with_presence_of_a_contact_on_the_other_node(self) -> None:
         def scenario():
             alice = self.client("t1.example.com", "alice", "a")

@@ -390,8 +390,11 @@ class Cluster:
                        f"contact={quoteattr(contact)}/>".encode())
         return False
 
-    def _blocking_changed(self, owner: str, added: object = None, removed: object = None) -> bool:
-        self.broadcast(f"<event name='blocking/changed' owner={quoteattr(owner)}/>".encode())
+    def _blocking_changed(self, owner: str, added: list[str], removed: list[str]) -> bool:
+        """Peers forget their cached blocklist of ``owner`` and push the change to their resources of it."""
+        items = "".join(f"<block jid={quoteattr(jid)}/>" for jid in added)
+        items += "".join(f"<unblock jid={quoteattr(jid)}/>" for jid in removed)
+        self.broadcast(f"<event name='blocking/changed' owner={quoteattr(owner)}>{items}</event>".encode())
         return False
 
     def _remote_roster_changed(self, element: domish.Element) -> bool:
@@ -399,7 +402,14 @@ class Cluster:
         return self._invalidate("jabber:iq:roster", element)
 
     def _remote_blocking_changed(self, element: domish.Element) -> bool:
-        return self._invalidate("urn:xmpp:blocking", element)
+        module = self.server.modules.get("urn:xmpp:blocking")
+        if module is not None:
+            changes = {"block": [], "unblock": []}
+            for child in element.elements():
+                if child.name in changes and child.getAttribute("jid"):
+                    changes[child.name].append(child["jid"])
+            module.pushed_elsewhere(element.getAttribute("owner") or "", changes["block"], changes["unblock"])
+        return True
 
     def _invalidate(self, module_name: str, element: domish.Element) -> bool:
         module = self.server.modules.get(module_name)

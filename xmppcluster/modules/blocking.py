@@ -9,7 +9,7 @@ generates on a user's behalf (presence broadcasts) to a JID the user blocks are 
 account's own resources and its own server are never blocked.
 
 Events fired for other modules: ``blocking/changed``(bare, added: list[str], removed: list[str]) after a
-blocklist changed. Asked of other modules: ``roster/subscribed-from``(owner_bare, contact_bare) — a handler
+blocklist changed (the cluster sends it on: each node pushes the change to its own resources). Asked of other modules: ``roster/subscribed-from``(owner_bare, contact_bare) — a handler
 returns True when the contact is subscribed to the owner's presence ('from' or 'both'), so that blocking
 sends it unavailable presence and unblocking sends it the current presence (XEP-0191 §3.3, §3.4).
 """
@@ -369,10 +369,20 @@ class Blocking(Module):
             self._send_presence(bare, removed, available=True)
             self.server.hooks.fire("blocking/changed", bare, [], removed)
 
+    def pushed_elsewhere(self, bare: str, added: list[str], removed: list[str]) -> None:
+        """Another cluster node changed the blocklist of ``bare`` (and pushed it to its own resources): push
+        the change to this node's resources, forget the cached list (the next use reloads it)."""
+        self.invalidate(bare)
+        if added:
+            self._push(bare, "block", added)
+        if removed:
+            self._push(bare, "unblock", removed)
+
     def _push(self, bare: str, action: str, jids: list[str]) -> None:
-        """XEP-0191 §3.3-3.5: the change to every resource that asked for the blocklist."""
+        """XEP-0191 §3.3-3.5: the change to every resource here that asked for the blocklist (resources on
+        other cluster nodes get it from their node: :meth:`pushed_elsewhere`)."""
         for session in self.server.sessions.of(bare):
-            if not session.data.get(self.name):
+            if getattr(session, "node", None) is not None or not session.data.get(self.name):
                 continue
             push = stanzas.make("iq", to=session.jid, type="set", id=f"block-{secrets.token_hex(4)}")
             element = push.addElement((NS, action))
