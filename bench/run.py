@@ -312,7 +312,7 @@ def table(lines: list[dict], p: dict) -> str:
         if "error" in ours:
             out.append(f"{line['scenario']:<36} ERROR {ours['error'][:60]}")
             continue
-        for i, (label, key) in enumerate(_rows(line, p)):
+        for label, key in _rows(line, p):
             mine, other = ours.get(key), theirs.get(key)
             ratio = round(mine / other, 2) if isinstance(mine, (int, float)) and other else None
             verdict = ""

@@ -249,6 +249,28 @@ class NodeFailureTests(ClusterTestCase):
         return ensure(scenario())
 
 
+class DirectedPresenceFailureTests(ClusterTestCase):
+    def test_directed_presence_of_a_dead_node_is_ended(self) -> None:
+        """RFC 6121 §4.6.3 across nodes: carol (t2, no subscription) sent alice directed presence; t2 dies;
+        t1 announces carol unavailable to alice."""
+        cluster = self.cluster
+
+        def before_kill():
+            alice = self.client("t1.example.com", "alice", "a")
+            carol = self.client("t2.example.com", "carol", "c")
+            carol.send(f"<presence to='alice@{DOMAIN}/a'><status>here</status></presence>")
+            return alice, presences_from(alice, f"carol@{DOMAIN}/c", 1.5)
+
+        async def scenario():
+            alice, seen = await deferToThread(before_kill)
+            self.assertEqual([p.get("type") for p in seen], [None])
+            cluster.kill("t2.example.com")
+            after = await deferToThread(presences_from, alice, f"carol@{DOMAIN}/c", 6.0)
+            self.assertEqual([p.get("type") for p in after], ["unavailable"])
+
+        return ensure(scenario())
+
+
 class DrainTests(ClusterTestCase):
     def test_sigterm_moves_tcp_and_websocket_clients_to_the_other_node(self) -> None:
         from tests.clients.ws import FRAMING, WSClient

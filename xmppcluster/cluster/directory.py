@@ -71,6 +71,7 @@ def describe(session: Session, tag: str = "bound") -> bytes:
     """A local session's directory entry as sent to other nodes."""
     presence = session.presence
     inner = serialize(presence) if presence is not None else ""
+    inner += "".join(f"<directed to={quoteattr(target)}/>" for target in sorted(session.directed))
     return (f"<{tag} jid={quoteattr(session.jid)} at='{session.bound_at!r}' prio='{session.priority}' "
             f"interested='{int(session.interested)}'>{inner}</{tag}>").encode()
 
@@ -86,6 +87,11 @@ def parse_state(element: domish.Element) -> tuple[int, bool, domish.Element | No
         presence = child
         presence.parent = None
     return priority, element.getAttribute("interested") == "1", presence
+
+
+def parse_directed(element: domish.Element) -> set[str]:
+    """The JIDs a session sent directed presence to, from its bound/state element."""
+    return {child["to"] for child in element.elements(element.uri, "directed") if child.getAttribute("to")}
 
 
 class Directory:
@@ -109,6 +115,7 @@ class Directory:
             at = 0.0
         remote = RemoteSession(self.cluster, node, jid, at)
         remote.priority, remote.interested, remote.presence = parse_state(element)
+        remote.directed = parse_directed(element)
         existing = self.sessions.get(remote.bare, remote.resource)
         if existing is not None and existing is not self.by_node.get(node, {}).get(jid):
             if not newer(remote, existing, self.cluster.name):
@@ -126,6 +133,7 @@ class Directory:
         remote = self.by_node.get(node, {}).get(element.getAttribute("jid") or "")
         if remote is not None:
             remote.priority, remote.interested, remote.presence = parse_state(element)
+            remote.directed = parse_directed(element)
 
     def unbound(self, node: str, jid: str) -> RemoteSession | None:
         remote = self.by_node.get(node, {}).pop(jid, None)

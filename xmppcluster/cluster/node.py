@@ -88,6 +88,7 @@ class Cluster:
         hooks = self.server.hooks
         hooks.add("session/bound", self._local_bound, 1000)
         hooks.add("presence/broadcast", self._local_state, 1000)
+        hooks.add("presence/outgoing", self._local_directed, -1000)
         hooks.add("session/interested", self._local_interest, 1000)
         hooks.add("session/unbound", self._local_unbound, 1000)
         hooks.add("roster/changed", self._roster_changed, -1000)
@@ -372,6 +373,13 @@ class Cluster:
 
     def _local_state(self, stanza: domish.Element, session: Session) -> bool:
         if session.node is None:
+            self.broadcast(describe(session, "state"))
+        return False
+
+    def _local_directed(self, stanza: domish.Element, session: Session) -> bool:
+        """Directed presence changed the session's recipients (RFC 6121 §4.6): peers keep the list, so that
+        whoever announces this node's death also ends that presence."""
+        if session.node is None and stanza.getAttribute("type") in (None, "unavailable"):
             self.broadcast(describe(session, "state"))
         return False
 

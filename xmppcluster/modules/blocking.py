@@ -9,9 +9,10 @@ generates on a user's behalf (presence broadcasts) to a JID the user blocks are 
 account's own resources and its own server are never blocked.
 
 Events fired for other modules: ``blocking/changed``(bare, added: list[str], removed: list[str]) after a
-blocklist changed (the cluster sends it on: each node pushes the change to its own resources). Asked of other modules: ``roster/subscribed-from``(owner_bare, contact_bare) — a handler
-returns True when the contact is subscribed to the owner's presence ('from' or 'both'), so that blocking
-sends it unavailable presence and unblocking sends it the current presence (XEP-0191 §3.3, §3.4).
+blocklist changed (the cluster sends it on: each node pushes the change to its own resources). Asked of
+other modules: ``roster/subscribed-from``(owner_bare, contact_bare) — a handler returns True when the
+contact is subscribed to the owner's presence ('from' or 'both'), so that blocking sends it unavailable
+presence and unblocking sends it the current presence (XEP-0191 §3.3, §3.4).
 """
 
 from __future__ import annotations
