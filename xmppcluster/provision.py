@@ -221,7 +221,7 @@ class _Reader:
             raise ProvisionError(f"{self._where()}: <user/> exceeds {MAX_USER_ELEMENTS} elements or depth {MAX_DEPTH}")
         if not count & 1023:
             self._check_size()
-        element = new_child(self._current, name, attrs, self._ns[-1], self._prefixes, self._text, link_parent=False)
+        element = new_child(self._current, name, attrs, self._ns[-1], self._prefixes, self._text)
         self._prefixes = None
         self._open.append(element)
         self._current = element

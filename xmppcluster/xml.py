@@ -78,10 +78,10 @@ def qualify(attrs: dict) -> dict:
 
 
 def new_child(parent: Element | None, name: str, attrs: dict, default_uri: str, prefixes: dict | None,
-              text: list[str], *, link_parent: bool = True) -> Element:
+              text: list[str]) -> Element:
     """The element expat just started (``name`` is ``'uri local'``): pending ``text`` is first flushed
-    into ``parent``, then the new element is appended to it. ``link_parent=False`` leaves the child
-    without a back reference (no parent/child cycle: cheaper for the garbage collector)."""
+    into ``parent``, then the new element is appended to it, without a back reference (no parent/child
+    cycle: a dropped tree is freed by reference counting, never left to the cycle collector)."""
     if text:
         parent.children.append(text[0] if len(text) == 1 else "".join(text))
         text.clear()
@@ -93,8 +93,6 @@ def new_child(parent: Element | None, name: str, attrs: dict, default_uri: str, 
     element = Element((uri, local), default_uri, attrs, prefixes)
     if parent is not None:
         parent.children.append(element)
-        if link_parent:
-            element.parent = parent
     return element
 
 
@@ -207,8 +205,7 @@ class _Builder:
                 )
             if self.parser.CurrentByteIndex - self._stanza_start > self.max_bytes:
                 raise self._too_big(self._unit)
-        element = new_child(self._current, name, attrs, self._ns_stack[-1], self._prefixes, self._text,
-                            link_parent=False)
+        element = new_child(self._current, name, attrs, self._ns_stack[-1], self._prefixes, self._text)
         self._prefixes = None
         self._open.append(self._current)
         self._current = element

@@ -104,7 +104,6 @@ class BoshForwarder:
         elif session.secure and element.getAttribute("secure") != "1":
             exchange.reply(render_body({"type": "terminate", "condition": "item-not-found"}))
         else:
-            body.parent = None
             session.handle(exchange, body)
         return True
 

@@ -85,7 +85,6 @@ def parse_state(element: domish.Element) -> tuple[int, bool, domish.Element | No
     presence = None
     for child in element.elements(CLIENT, "presence"):
         presence = child
-        presence.parent = None
     return priority, element.getAttribute("interested") == "1", presence
 
 

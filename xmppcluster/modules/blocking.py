@@ -186,7 +186,7 @@ class Blocking(Module):
     def presence_full(self, stanza: domish.Element, bare: str, resource: str, session: Any, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 
-    @hook("iq/bare", 100)  # not fired by router.py yet (see docs/im.rst); ready for when it is
+    @hook("iq/bare", 100)
     def iq_bare(self, stanza: domish.Element, bare: str, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 

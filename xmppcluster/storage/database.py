@@ -180,13 +180,7 @@ class Database:
 
     async def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Run a read; retried once if the PostgreSQL connection was lost."""
-        if self.inline_reads and not self._closed:
-            try:  # one statement is its own snapshot: no BEGIN/COMMIT around it
-                return self._reader_connection().execute(sql, params).fetchall()
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-        return await self._run(_fetchall, (sql, params), retry=True)
+        return await self._read(_fetchall, (sql, params), snapshot=False)  # one statement is its own snapshot
 
     async def execute(self, sql: str, params: tuple = (), *, idempotent: bool = False) -> int:
         """Run one write statement in its own transaction; returns the rowcount."""
@@ -195,31 +189,31 @@ class Database:
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(cursor, *args)`` (reads only) in one read transaction: several SELECTs, one snapshot, and
         on SQLite no write lock (``interaction`` takes it: BEGIN IMMEDIATE). Retried once like :meth:`query`."""
+        return await self._read(fn, args, snapshot=True)
+
+    async def _read(self, fn: Callable[..., Any], args: tuple, snapshot: bool) -> Any:
         if self.inline_reads and not self._closed:
             try:
-                return self._read_here(fn, args)
+                return self._read_here(fn, args, snapshot)
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) and "busy" not in str(e):
                     raise
         return await self._run(fn, args, retry=True)
 
-    def _reader_connection(self) -> sqlite3.Connection:
+    def _read_here(self, fn: Callable[..., Any], args: tuple, snapshot: bool) -> Any:
+        """An SQLite read on this thread; with ``snapshot``, in one read transaction."""
         if self._reader is None:
             self._reader = _sqlite_reader(self._sqlite_path)
-        return self._reader
-
-    def _read_here(self, fn: Callable[..., Any], args: tuple) -> Any:
-        """An SQLite read on this thread, in its own read transaction (one snapshot)."""
-        conn = self._reader_connection()
-        conn.execute("BEGIN")
+        conn = self._reader
+        if snapshot:
+            conn.execute("BEGIN")
+        raw = conn.cursor()
         try:
-            raw = conn.cursor()
-            try:
-                return fn(Cursor(raw, SQLITE), *args)
-            finally:
-                raw.close()
+            return fn(Cursor(raw, SQLITE), *args)
         finally:
-            conn.execute("COMMIT")
+            raw.close()
+            if snapshot:
+                conn.execute("COMMIT")
 
     async def interaction(self, fn: Callable[..., Any], *args: Any, idempotent: bool = False) -> Any:
         """Run ``fn(cursor, *args)`` in a pool thread inside one transaction (rolled back if it raises)."""
