@@ -88,8 +88,8 @@ class Cluster:
         hooks = self.server.hooks
         hooks.add("session/bound", self._local_bound, 1000)
         hooks.add("presence/broadcast", self._local_state, 1000)
-        hooks.add("presence/outgoing", self._local_directed, -1000)
-        hooks.add("session/interested", self._local_interest, 1000)
+        hooks.add("session/directed", self._local_changed, 1000)
+        hooks.add("session/interested", self._local_changed, 1000)
         hooks.add("session/unbound", self._local_unbound, 1000)
         hooks.add("roster/changed", self._roster_changed, -1000)
         hooks.add("remote/roster/changed", self._remote_roster_changed)
@@ -372,18 +372,11 @@ class Cluster:
         return False
 
     def _local_state(self, stanza: domish.Element, session: Session) -> bool:
-        if session.node is None:
-            self.broadcast(describe(session, "state"))
-        return False
+        return self._local_changed(session)
 
-    def _local_directed(self, stanza: domish.Element, session: Session) -> bool:
-        """Directed presence changed the session's recipients (RFC 6121 §4.6): peers keep the list, so that
-        whoever announces this node's death also ends that presence."""
-        if session.node is None and stanza.getAttribute("type") in (None, "unavailable"):
-            self.broadcast(describe(session, "state"))
-        return False
-
-    def _local_interest(self, session: Session) -> bool:
+    def _local_changed(self, session: Session) -> bool:
+        """Presence, priority, roster interest or directed-presence recipients (kept by peers, so that
+        whoever announces this node's death also ends directed presence) changed: peers update the entry."""
         if session.node is None:
             self.broadcast(describe(session, "state"))
         return False

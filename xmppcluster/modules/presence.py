@@ -4,6 +4,7 @@ Builds on the roster module (``jabber:iq:roster``): its store, cache, per-accoun
 :meth:`~xmppcluster.modules.roster.RosterModule.apply`. All work for one account runs in that account's
 queue, so stanzas are processed in the order they arrived even though storage is asynchronous.
 
+Fires ``session/directed``(session) when a resource's set of directed-presence recipients changes.
 Hooks: ``presence/outgoing`` (subscription stanzas and directed presence a client sends),
 ``presence/bare`` and ``presence/full`` (what arrives for a local account), ``presence/broadcast``,
 ``presence/initial`` and ``session/unbound`` (a resource's own availability).
@@ -81,10 +82,13 @@ class Presence(Module):
             return True
         if kind in (None, "unavailable") and target.userhost() != session.bare:
             # RFC 6121 §4.6: remember directed presence, to end it with unavailable later.
+            before = len(session.directed)
             if kind is None:
                 session.directed.add(target.full())
             else:
                 session.directed.discard(target.full())
+            if len(session.directed) != before:
+                self.server.hooks.fire("session/directed", session)
         return False
 
     async def _outbound(self, stanza: domish.Element, session: Any, contact: str, kind: str) -> None:
@@ -223,6 +227,7 @@ class Presence(Module):
                 if _bare_of(target) not in covered:
                     router.route(stanzas.make("presence", type="unavailable", frm=session.jid, to=target))
             session.directed.clear()
+            self.server.hooks.fire("session/directed", session)
 
     @hook("presence/initial")
     def initial(self, session: Any) -> None:
