@@ -68,9 +68,9 @@ class Session:
         """Send a stanza to this resource's client."""
         self.stream.send(stanza)
 
-    def deliver_serialized(self, text: bytes) -> None:
-        """Send a stanza that is already serialized (with its xmlns), e.g. one routed from another node."""
-        self.stream.send_serialized(text)  # UTF-8 bytes, as routed between nodes
+    def deliver_serialized(self, xml: bytes) -> None:
+        """Send a stanza already serialized (UTF-8, with its xmlns), e.g. one routed from another node."""
+        self.stream.send_serialized(xml)
 
     def close(self, condition: str, text: str | None = None) -> None:
         """End the stream with a stream error (e.g. ``conflict``)."""

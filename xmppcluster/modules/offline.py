@@ -159,7 +159,7 @@ class OfflineMessages(Module):
         if not await self._stores.run(bare, self._store_one, stanza, data, user, domain, now):
             return
         # A resource may have become available while the message was being written: hand it over now.
-        target = self._target(f"{user}@{domain}")
+        target = self._target(bare)
         if target is not None:
             self.deliver(target)
 

@@ -179,15 +179,15 @@ class ClientStream:
         if self.state != "closed":
             self.transport.send(element)
 
-    def send_serialized(self, text: bytes) -> None:
+    def send_serialized(self, xml: bytes) -> None:
         """Send a stanza given as UTF-8 XML; transports that can write it as it is do (no re-serializing)."""
         if self.state == "closed":
             return
         writer = getattr(self.transport, "send_serialized", None)
         if writer is not None:
-            writer(text)
+            writer(xml)
         else:
-            self.transport.send(parse_element(text, max_bytes=len(text) + 1))
+            self.transport.send(parse_element(xml, max_bytes=len(xml) + 1))
 
     def fail(self, condition: str, text: str | None = None) -> None:
         """End the stream with a stream error (RFC 6120 §4.9)."""

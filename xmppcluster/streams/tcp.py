@@ -125,9 +125,9 @@ class ClientConnection(Protocol):
             self.transport.write(serialize(element))
             self._sent_since_keepalive = True
 
-    def send_serialized(self, text: bytes) -> None:
+    def send_serialized(self, xml: bytes) -> None:
         if not self._closing:
-            self.transport.write(text)
+            self.transport.write(xml)
             self._sent_since_keepalive = True
 
     def close_stream(self, error: domish.Element | None = None) -> None:

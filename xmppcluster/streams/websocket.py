@@ -287,10 +287,10 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def _write(self, element: domish.Element) -> None:
         self.sendMessage(serialize(element).encode("utf-8"), isBinary=False)
 
-    def send_serialized(self, text: bytes) -> None:
+    def send_serialized(self, xml: bytes) -> None:
         """A stanza already serialized with its xmlns (RFC 7395 wants it on every stanza): one frame."""
         if not self._closing:
-            self.sendMessage(text, isBinary=False)
+            self.sendMessage(xml, isBinary=False)
 
     def _close(self, error: domish.Element | None, see_other_uri: str | None) -> None:
         if self._closing:
