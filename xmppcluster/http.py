@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from xmppcluster.server import XMPPServer
 
 
+class XmppSite(Site):
+    """twisted.web's Site, negotiating HTTP/1.1 only over ALPN: BOSH and RFC 7395 WebSocket are HTTP/1.1."""
+
+    def acceptableProtocols(self) -> list[bytes]:  # noqa: N802 (Twisted interface)
+        return [b"http/1.1"]
+
+
 def build_site(server: XMPPServer, listener: Listener) -> Site:
     """The Site for one BOSH or ws2s listener."""
     from xmppcluster.streams.bosh import limited_request
@@ -33,7 +40,7 @@ def build_site(server: XMPPServer, listener: Listener) -> Site:
     from xmppcluster.hostmeta import mount
 
     mount(root, server)  # /.well-known/host-meta[.json] (XEP-0156)
-    site = Site(root)
+    site = XmppSite(root)
     # Stop storing a request body once it passes the BOSH limit (the stanza limit bounds WebSocket).
     site.requestFactory = limited_request(server.config.get("bosh", "max-body-size"))
     site.displayTracebacks = False

@@ -16,6 +16,7 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolNegotiationFactory
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -205,10 +206,47 @@ def _make_context(entry: _Entry, context_for_sni) -> SSL.Context:
         context = options.getContext()
         # Must happen before the first Connection uses the context (pyOpenSSL >= 24 refuses afterwards).
         context.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
+        # Replaces Twisted's ALPN callback, which answers "no overlap" with an empty protocol name: OpenSSL
+        # then aborts the handshake with internal_error for every client that offers ALPN (XEP-0368 clients).
+        context.set_alpn_select_callback(select_alpn)
     except (SSL.Error, ValueError, TypeError) as e:
         raise CertificateError(f"{entry.path}: unusable for TLS: {e}") from None
     _SERVER_CONTEXTS.add(context)
     return context
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ALPN (RFC 7301)
+
+
+def listener_protocols(tls_protocol: Any) -> tuple[bytes, ...]:
+    """The ALPN ids the listener behind ``tls_protocol`` speaks, preferred first (none: no ALPN answer).
+
+    A listener's factory declares them with ``IProtocolNegotiationFactory``; on direct TLS it is the factory
+    TLS wraps, on STARTTLS the factory of the protocol that started TLS.
+    """
+    factory = getattr(tls_protocol.factory, "wrappedFactory", None)
+    if factory is None:
+        factory = getattr(tls_protocol.wrappedProtocol, "factory", None)
+    negotiation = IProtocolNegotiationFactory(factory, None)
+    return tuple(negotiation.acceptableProtocols()) if negotiation is not None else ()
+
+
+def select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | object:
+    """The ALPN select callback of every server context: the listener's first protocol the client offered.
+
+    No overlap means no ALPN in the answer and the handshake goes on: a client offering only protocols we do
+    not know still gets its stream, and the stream itself says what it is. Never raises (a raise is a fatal
+    internal_error alert).
+    """
+    try:
+        wanted = listener_protocols(connection.get_app_data())
+    except Exception:  # a connection made outside TLSMemoryBIOProtocol: nothing to match against
+        wanted = ()
+    for protocol in wanted:
+        if protocol in offered:
+            return protocol
+    return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
@@ -163,10 +165,15 @@ class ClientConnection(Protocol):
                                                       self._send_keepalive)
 
 
+@implementer(IProtocolNegotiationFactory)
 class ClientFactory(Factory):
     """Builds a :class:`ClientConnection` per accepted socket."""
 
     noisy = False
+
+    def acceptableProtocols(self) -> list[bytes]:  # noqa: N802 (Twisted interface)
+        """ALPN: ``xmpp-client`` (XEP-0368), on direct TLS and, when a client offers it, after STARTTLS."""
+        return [b"xmpp-client"]
 
     def __init__(self, server: XMPPServer, listener: Listener) -> None:
         self.server = server
