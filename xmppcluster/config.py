@@ -311,6 +311,9 @@ register("cl-comp", "failure-timeout", "F", 6.0,
          "Seconds without anything from a node before it is declared dead (its sessions leave the directory).",
          minimum=0.5)
 register("cl-comp", "drain-timeout", "F", 5.0, "Seconds a stopping node waits for its clients to move.", minimum=0)
+register("cl-comp", "handshake-timeout", "F", 5.0,
+         "Seconds a connection to the cluster port has to complete TLS and authenticate (then it is closed).",
+         minimum=0.1)
 register("vhost-man", "<domain>/sm-plugins", "s", [],
          "Per-vhost module selection (``+name``/``-name``) on top of ``--sm-plugins``, e.g. "
          "``vhost-man/example.org/sm-plugins[s]=-vcard-temp``.")

@@ -6,10 +6,21 @@ frames each side sends ``<auth proof=…/>``: an HMAC of the link key over the r
 TLS exporter value (RFC 9266), so the proof is worthless outside this TLS session. Then: heartbeats
 (``<hb h=…/>``, which also acknowledge routed stanzas), routed stanzas and directory events, handed to
 :class:`~xmppcluster.cluster.node.Cluster`.
+
+Until the peer is authenticated a link accepts only frames of :data:`~xmppcluster.cluster.protocol.PREAUTH_MAX_BYTES`
+holding one childless element, and it must authenticate within ``cl-comp/handshake-timeout`` (TLS handshake
+included). Afterwards each frame stands alone: a frame that cannot be parsed or handled is logged and
+skipped (a routed stanza is bounced by the node), never a reason to drop the link, since the peer would
+only send the same frame again after the reconnect.
+
+Acknowledgements: routed frames are numbered in arrival order, and ``h`` is the highest number up to
+which every frame was delivered to a live client transport, relayed, stored offline or answered with an
+error; a frame whose offline store is still running holds ``h`` back until the database says it is done.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
@@ -36,20 +47,26 @@ class Link(Protocol):
         self.peer = peer
         self.up = False
         self.closing = False
-        self.decoder = wire.FrameDecoder()
+        self.decoder = wire.FrameDecoder(wire.PREAUTH_MAX_BYTES)
         self.hello = False  # the peer's <hello/> was accepted
-        self.received = 0  # routed stanzas received: acknowledged in heartbeats
+        self.received = 0  # routed frames received (numbered from 1 in arrival order)
+        self._unfinished: deque[int] = deque()  # numbers of frames still being stored, ascending
+        self._finished: set[int] = set()  # of those, the ones done since
         self.last_heard = 0.0
         self.peer_links: set[str] = set()  # the nodes the peer reports links to
         self._heartbeat = None
+        self._deadline = None
 
     # -- connection --------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)  # stanzas are small and latency-bound: no Nagle delay
-        self.last_heard = self.cluster.clock.seconds()
-        self._heartbeat = self.cluster.clock.callLater(self.cluster.heartbeat_interval, self._beat)
+        clock = self.cluster.clock
+        self.last_heard = clock.seconds()
+        self._heartbeat = clock.callLater(self.cluster.heartbeat_interval, self._beat)
+        timeout = self.cluster.handshake_timeout
+        self._deadline = clock.callLater(timeout, self.abort, f"not authenticated within {timeout:g} s")
         if self.initiator:
             self._send_header()
 
@@ -60,21 +77,67 @@ class Link(Protocol):
                 if self.closing:
                     return
                 if kind == wire.ROUTED and self.up:
-                    self.received += 1
-                    self.cluster.routed(self, *wire.split_routed(payload))
+                    self._routed(payload)
+                elif kind == wire.CONTROL and self.up:
+                    self._control_frame(payload)
                 elif kind == wire.CONTROL:
-                    self._control(parse_element(payload, max_bytes=wire.MAX_ELEMENT_BYTES,
-                                                max_elements=wire.MAX_ELEMENTS, max_depth=wire.MAX_DEPTH))
+                    self._control(parse_element(payload, max_bytes=wire.PREAUTH_MAX_BYTES,
+                                                max_elements=wire.PREAUTH_MAX_ELEMENTS,
+                                                max_depth=wire.PREAUTH_MAX_DEPTH))
                 else:
                     raise wire.FrameError("routed stanza before authentication")
         except wire.FrameError as error:
             self.abort(f"{error} (not a version {wire.VERSION} cluster link?)")
         except StreamFault as fault:
             self.abort(f"{fault.condition}: {fault.text or ''}")
+        except Exception:
+            log.failure("cluster link {peer}: handshake failed", peer=self.peer or "?")
+            self.abort("handshake failed")
+
+    def _routed(self, payload: bytes) -> None:
+        """One routed frame: counted, handed to the node; a failure is this frame's, never the link's."""
+        self.received += 1
+        number = self.received
+        try:
+            done = self.cluster.routed(self, *wire.split_routed(payload))
+        except wire.FrameError as error:
+            log.warn("cluster link {peer}: routed frame {n} dropped: {error}", peer=self.peer, n=number, error=error)
+            return
+        except Exception:
+            log.failure("cluster link {peer}: routed frame {n} failed", peer=self.peer, n=number)
+            return
+        if done is not None:  # being stored: acknowledged once that is over, whatever its outcome
+            self._unfinished.append(number)
+            done.addBoth(self._done, number)
+
+    def _done(self, result: Any, number: int) -> None:
+        self._finished.add(number)
+
+    def acknowledgeable(self) -> int:
+        """The ``h`` to send: every routed frame up to it is delivered, relayed, stored or answered."""
+        unfinished, finished = self._unfinished, self._finished
+        while unfinished and unfinished[0] in finished:
+            finished.discard(unfinished.popleft())
+        return unfinished[0] - 1 if unfinished else self.received
+
+    def _control_frame(self, payload: bytes) -> None:
+        """One control frame of an authenticated peer: refused or failing alone, the link stays."""
+        try:
+            element = parse_element(payload, max_bytes=self.decoder.max_payload, max_elements=wire.MAX_ELEMENTS,
+                                    max_depth=wire.MAX_DEPTH)
+        except StreamFault as fault:
+            log.warn("cluster link {peer}: control frame dropped ({condition}: {text})", peer=self.peer,
+                     condition=fault.condition, text=fault.text or "")
+            return
+        try:
+            self._control(element)
+        except Exception:
+            log.failure("cluster link {peer}: handling <{name}/> failed", peer=self.peer, name=element.name)
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self._heartbeat is not None and self._heartbeat.active():
-            self._heartbeat.cancel()
+        for timer in (self._heartbeat, self._deadline):
+            if timer is not None and timer.active():
+                timer.cancel()
         why = reason.getErrorMessage() if reason is not None else "closed"
         self.cluster.link_lost(self, why)
 
@@ -151,14 +214,24 @@ class Link(Protocol):
         if not self.initiator:
             self._send_auth()
         self.up = True
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self.decoder.max_payload = self.cluster.max_frame_bytes
         self.cluster.link_up(self)
 
     # -- sending -----------------------------------------------------------------------------------
 
     def send(self, xml: bytes) -> None:
-        """One control element (serialized)."""
-        if not self.closing:
-            self.transport.write(wire.control(xml))
+        """One control element (serialized). One larger than the peer accepts is not sent (the peer would
+        drop the link, and the frame would be sent again after the reconnect)."""
+        if self.closing:
+            return
+        if len(xml) > self.cluster.max_frame_bytes:
+            log.error("cluster link {peer}: <{head}…> of {n} bytes not sent (the frame limit is {limit})",
+                      peer=self.peer, head=xml[1:20].decode("utf-8", "replace"), n=len(xml),
+                      limit=self.cluster.max_frame_bytes)
+            return
+        self.transport.write(wire.control(xml))
 
     def send_routed(self, node: str, session: str, body: str) -> None:
         """A serialized stanza for ``session``, on this peer or (``node``) relayed by it."""
@@ -173,7 +246,7 @@ class Link(Protocol):
             return
         if self.up:
             links = ",".join(sorted(self.cluster.links))
-            self.send(f"<hb h='{self.received}' links={quoteattr(links)}/>".encode())
+            self.send(f"<hb h='{self.acknowledgeable()}' links={quoteattr(links)}/>".encode())
         self._heartbeat = clock.callLater(self.cluster.heartbeat_interval, self._beat)
 
     def _acknowledged(self, element: domish.Element) -> None:

@@ -6,19 +6,21 @@
 - Local session events (bound, presence/interest changes, unbound) are sent to every peer; each peer
   mirrors them as :class:`~xmppcluster.cluster.directory.RemoteSession` entries.
 - Stanzas to remote sessions travel as routed frames on the owner's link (or via a peer that still sees the
-  owner when the direct link is cut). Routed messages are kept until the peer acknowledges them; if
-  the peer dies first they are routed again (to another resource, or offline storage).
+  owner when the direct link is cut). Routed messages are kept until the peer acknowledges them, which
+  it does once the stanza is written to a live client transport, stored offline or answered; if the
+  peer dies first they are routed again (to another resource, or offline storage).
 - A node is dead when this node has no link to it and no live peer reports one. Its sessions leave the
   directory; the first live node by name sends their unavailable presence, so it happens once.
 """
 
 from __future__ import annotations
 
+import re
 import secrets as _secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import quoteattr, unescape
 
 from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ClientEndpoint
@@ -30,8 +32,9 @@ from xmppcluster.cluster import protocol as wire
 from xmppcluster.cluster.directory import Directory, describe
 from xmppcluster.cluster.link import Link, LinkFactory
 from xmppcluster.config import ClusterNode
+from xmppcluster.namespaces import CLIENT
 from xmppcluster.serializer import serialize
-from xmppcluster.xml import parse_element
+from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.server import XMPPServer
@@ -53,6 +56,14 @@ class Cluster:
         self.name = server.node_name
         self.heartbeat_interval = float(config.get("cl-comp", "heartbeat-interval"))
         self.failure_timeout = float(config.get("cl-comp", "failure-timeout"))
+        self.handshake_timeout = float(config.get("cl-comp", "handshake-timeout"))
+        limits = server.limits
+        #: Largest frame a link accepts (and sends): room for any stanza a client may send, with what the
+        #: server adds to it (delay, error, forwarding wrappers). Every node has the same limits.
+        self.max_frame_bytes = max(wire.MAX_ELEMENT_BYTES, 2 * limits.max_stanza_bytes + 65536)
+        #: Limits for parsing a routed stanza again (to route it elsewhere): generous for the same reason.
+        self.reparse_limits = {"max_elements": max(1_000_000, 4 * limits.max_elements),
+                               "max_depth": max(1_000, 2 * limits.max_depth + 8)}
         self.static = bool(config.cluster_nodes)
         self.members: dict[str, ClusterNode] = {n.name: n for n in config.cluster_nodes}
         me = self.members.get(self.name)
@@ -60,10 +71,11 @@ class Cluster:
         self.links: dict[str, Link] = {}
         self.directory = Directory(self)
         self.started_at = time.time()
-        # Routed messages not yet acknowledged: (number, serialized stanza, session JID). Kept as text, not
+        # Routed messages not yet acknowledged, per link: (number, serialized stanza, session JID, the node of
+        # that session: this link's peer, or the node it relays to). Kept as text, not
         # as the parsed tree: a tree (parent <-> child cycles) held ~1 s reaches the oldest GC generation and
         # makes its full collections take 100-250 ms at a few thousand messages/s.
-        self._outbox: dict[str, deque[tuple[int, bytes, str]]] = {}
+        self._outbox: dict[str, deque[tuple[int, bytes, str, str]]] = {}
         self._sent: dict[str, int] = {}
         self._connecting: dict[str, Any] = {}
         self._backoff: dict[str, float] = {}
@@ -216,20 +228,21 @@ class Cluster:
         for body, jid, keep in self._waiting.pop(peer, []):
             self._route_body(peer, body, jid, keep)
         log.info("cluster: link to {peer} up ({n} local sessions sent)", peer=peer, n=len(local))
+        self.server.hooks.fire("cluster/node-up", peer)
 
     def link_lost(self, link: Link, why: str) -> None:
         peer = link.peer
         if peer is None or self.links.get(peer) is not link:
             return
         del self.links[peer]
-        unacked = [(body, jid) for _, body, jid in self._outbox.pop(peer, ())]
+        unacked = [(body, jid, node) for _, body, jid, node in self._outbox.pop(peer, ())]
         if not self._stopping:
             log.warn("cluster: link to {peer} down: {why}", peer=peer, why=why)
             self._suspects[peer] = self.clock.seconds()
             self._connecting.pop(peer, None)
             self._judge()
-        for body, jid in unacked:
-            self._route_body(peer, body, jid, keep=True)  # waits for the reconnect, or rerouted if dead
+        for body, jid, node in unacked:
+            self._route_body(node, body, jid, keep=True)  # waits for the reconnect, or rerouted if dead
 
     def _judge(self) -> None:
         """Declare dead the suspects unreachable for ``failure-timeout`` that no live peer still reaches."""
@@ -257,7 +270,7 @@ class Cluster:
             for remote in gone:
                 self.server.hooks.fire("session/unbound", remote, f"node {peer} down")
         for body, jid, _ in waiting:
-            self.server.router.undeliverable(_reparse(body), jid.partition("/")[0])
+            self._undeliverable(body, jid)
 
     def _announcer(self, excluding: str) -> bool:
         """Whether this node speaks for ``excluding``'s lost sessions: the first live node by name."""
@@ -270,23 +283,64 @@ class Cluster:
 
     # -- receiving ---------------------------------------------------------------------------------
 
-    def routed(self, link: Link, target: str, jid: str, body: bytes) -> None:
+    def routed(self, link: Link, target: str, jid: str, body: bytes) -> defer.Deferred | None:
         """A routed frame: deliver ``body`` to the local session ``jid`` (the stanza's ``to`` may be a bare
         JID: the sender already chose the resource), or relay it to ``target``. The stanza travels as text
-        and is written to the client as it is: no tree is built for it on this node."""
+        and is written to the client as it is: no tree is built for it on this node.
+
+        Returns None when the stanza is taken care of (written to a live client transport, relayed, routed
+        elsewhere or answered with an error), or a Deferred firing once its offline store is over: the
+        frame is acknowledged only then. Whatever goes wrong with it, the stanza is answered, never raised."""
         if not body:
-            return
+            return None
         if target and target != self.name:
-            self._route_body(target, body, jid, keep=False)  # relay for a peer that lost its direct link
-            return
+            # Relay for a peer that lost its direct link; kept here until the next hop acknowledges it.
+            self._route_body(target, body, jid, keep=_kept(body))
+            return None
         bare, _, resource = jid.partition("/")
         session = self.server.sessions.get(bare, resource)
-        if session is not None and session.node is None:
-            session.deliver_serialized(body)
-            return
-        stanza = _reparse(body)
-        if stanza.getAttribute("type") != "error":
-            self.server.router.undeliverable(stanza, bare)
+        if session is not None and session.node is None and getattr(session.stream, "state", None) != "closed":
+            try:
+                session.deliver_serialized(body)
+            except Exception:
+                log.failure("delivering a routed stanza to {jid} failed", jid=jid)
+                self._bounce_text(body, "internal-server-error")
+            return None
+        return self._undeliverable(body, jid)
+
+    def _undeliverable(self, body: bytes, jid: str) -> defer.Deferred | None:
+        """The session ``jid`` is gone: the RFC 6121 fallback (other resources, offline storage, an error).
+        A Deferred when an offline store was started for the stanza."""
+        stanza = self._reparse(body)
+        if stanza is None or stanza.getAttribute("type") == "error":
+            return None
+        try:
+            self.server.router.undeliverable(stanza, jid.partition("/")[0])
+        except Exception:
+            log.failure("routing an undeliverable stanza for {jid} failed", jid=jid)
+            self.server.router.bounce(stanza, "internal-server-error")
+            return None
+        offline = self.server.modules.get("msgoffline")
+        storing = getattr(offline, "storing", None)
+        return storing(stanza) if storing is not None else None
+
+    def _reparse(self, body: bytes) -> domish.Element | None:
+        """A stanza kept as text, as an element again (to route it another way); None (and the sender
+        told) when it cannot be parsed."""
+        try:
+            return parse_element(body, max_bytes=len(body) + 1, **self.reparse_limits)
+        except StreamFault as fault:
+            log.warn("cluster: a routed stanza cannot be parsed again ({condition}: {text}); bounced",
+                     condition=fault.condition, text=fault.text or "")
+            self._bounce_text(body, "policy-violation" if fault.condition == "policy-violation"
+                              else "internal-server-error")
+            return None
+
+    def _bounce_text(self, body: bytes, condition: str, text: str | None = None) -> None:
+        """Answer a serialized stanza with an error, from its start tag alone (the rest may be unreadable)."""
+        stanza = _envelope(body)
+        if stanza is not None:
+            self.server.router.bounce(stanza, condition, text)
 
     def event(self, link: Link, element: domish.Element) -> None:
         name, peer = element.name, link.peer
@@ -327,17 +381,21 @@ class Cluster:
         self._route_body(node, serialize(stanza).encode("utf-8"), jid, keep)
 
     def _route_body(self, node: str, body: bytes, jid: str, keep: bool) -> None:
-        """Send a serialized stanza (UTF-8, with its xmlns) towards ``jid`` on ``node``."""
+        """Send a serialized stanza (UTF-8, with its xmlns) towards ``jid`` on ``node``: on its link, or
+        through a peer that reaches it (counted and kept on that peer's link: it acknowledges the hop)."""
         link = self.links.get(node)
-        if link is not None:
-            self._sent[node] += 1
+        via = link if link is not None else self._relay_for(node)
+        if via is not None:
+            if len(body) > self.max_frame_bytes - 4096:  # the rest of the frame: two JIDs at most
+                log.warn("cluster: a stanza of {n} bytes for {jid} exceeds the frame limit; bounced",
+                         n=len(body), jid=jid)
+                self._bounce_text(body, "policy-violation", "too large to route between cluster nodes")
+                return
+            peer = via.peer
+            self._sent[peer] += 1
             if keep:
-                self._outbox[node].append((self._sent[node], body, jid))
-            link.send_routed("", jid, body)
-            return
-        relay = self._relay_for(node)
-        if relay is not None:
-            relay.send_routed(node, jid, body)
+                self._outbox[peer].append((self._sent[peer], body, jid, node))
+            via.send_routed("" if via is link else node, jid, body)
             return
         if node in self._suspects:
             # Unreachable for now: keep it until the node is back (sent then) or declared dead (rerouted).
@@ -345,7 +403,7 @@ class Cluster:
             return
         # Not a member we can reach at all: forget its sessions and deliver elsewhere.
         self.directory.drop_node(node)
-        self.server.router.undeliverable(_reparse(body), jid.partition("/")[0])
+        self._undeliverable(body, jid)
 
     def send_event(self, node: str, xml: str) -> None:
         link = self.links.get(node)
@@ -427,9 +485,42 @@ class Cluster:
 
 
 
-def _reparse(body: bytes) -> domish.Element:
-    """A stanza kept as text in the outbox, as an element again (to route it another way)."""
-    return parse_element(body, max_bytes=len(body) + 1, max_elements=1_000_000, max_depth=1_000)
+_START_TAG = re.compile(rb"<(message|presence|iq)[\s/>]")
+_ATTRIBUTE = re.compile(rb"""\s([a-z]+)=(['"])(.*?)\2""")
+_ENTITIES = {"&apos;": "'", "&quot;": '"'}
+
+
+def _start_tag(body: bytes) -> tuple[str, dict[str, str]] | None:
+    """Name and plain attributes of a serialized stanza's start tag (as our serializer writes it)."""
+    match = _START_TAG.match(body)
+    end = body.find(b">")
+    if match is None or end < 0:
+        return None
+    try:
+        attributes = {name.decode(): unescape(value.decode("utf-8"), _ENTITIES)
+                      for name, _, value in _ATTRIBUTE.findall(body, match.end() - 1, end)}
+    except UnicodeDecodeError:
+        return None
+    return match.group(1).decode(), attributes
+
+
+def _kept(body: bytes) -> bool:
+    """Whether a serialized stanza is a message kept until acknowledged (as :meth:`Cluster.route_to` decides)."""
+    tag = _start_tag(body) if body.startswith(b"<message") else None
+    return tag is not None and tag[1].get("type") in ROUTED_TYPES_KEPT
+
+
+def _envelope(body: bytes) -> domish.Element | None:
+    """A serialized stanza's start tag alone as an element (enough to answer it with an error)."""
+    tag = _start_tag(body)
+    if tag is None:
+        return None
+    name, attributes = tag
+    stanza = domish.Element((CLIENT, name))
+    for key in ("from", "to", "id", "type"):
+        if key in attributes:
+            stanza[key] = attributes[key]
+    return stanza
 
 
 class _OneLink(LinkFactory):

@@ -21,6 +21,7 @@ from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.serializer import serialize
 from xmppcluster.streams.core import ClientStream, StreamHeader
+from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.streams.bosh import BoshSessions
@@ -66,9 +67,11 @@ def number(body: domish.Element, name: str, default: int | None = None) -> int |
     return int(value)
 
 
-def render_body(attrs: dict[str, str], children: Iterable[domish.Element] = ()) -> bytes:
-    """A response ``<body/>``; each child keeps its own namespace (stanzas get ``xmlns='jabber:client'``)."""
-    parts = [serialize(element, HTTPBIND, _PREFIXES, _IN_SCOPE) for element in children]
+def render_body(attrs: dict[str, str], children: Iterable[domish.Element | bytes] = ()) -> bytes:
+    """A response ``<body/>``; each child keeps its own namespace (stanzas get ``xmlns='jabber:client'``).
+    A child given as bytes is a stanza already serialized with its xmlns: written as it is."""
+    parts = [child.decode("utf-8") if child.__class__ is bytes else serialize(child, HTTPBIND, _PREFIXES, _IN_SCOPE)
+             for child in children]
     head = [f"<body xmlns='{HTTPBIND}'"]
     if any(key.startswith("xmpp:") for key in attrs):
         head.append(f" xmlns:xmpp='{XBOSH}'")
@@ -174,7 +177,7 @@ class BoshSession:
         self.key = key  # the key the next request must hash to (XEP-0124 §15)
         self.pending: dict[int, tuple[Exchange, domish.Element]] = {}  # arrived early, waiting for lower rids
         self.held: list[_Held] = []  # processed, not answered; ascending rid
-        self.queue: list[domish.Element] = []  # stanzas for the client
+        self.queue: list[domish.Element | bytes] = []  # stanzas for the client (bytes: already serialized)
         self.cache: dict[int, tuple[bytes, float, str | None]] = {}  # rid -> (response, sent at, key)
         self.final: bytes | None = None  # terminal response nobody could receive yet
         self._busy = False
@@ -195,7 +198,12 @@ class BoshSession:
         self.stream_from = attrs.get("from") or self.stream_from
         self.xmpp_version = attrs.get("version") or self.xmpp_version
 
-    def send(self, element: domish.Element) -> None:
+    def send_serialized(self, xml: bytes) -> None:
+        """A stanza already serialized (UTF-8, with its xmlns; e.g. routed from another node): queued and
+        written into a response as it is, never parsed again."""
+        self.send(xml)
+
+    def send(self, element: domish.Element | bytes) -> None:
         if self.closed:
             return
         if not self.held and len(self.queue) >= self.manager.settings.max_waiting:
@@ -382,11 +390,11 @@ class BoshSession:
             self._answer(self.held[0], self._take_queue())
         self._arm_timers()
 
-    def _take_queue(self) -> list[domish.Element]:
+    def _take_queue(self) -> list[domish.Element | bytes]:
         queue, self.queue = self.queue, []
         return queue
 
-    def _answer(self, held: _Held, children: list[domish.Element] | tuple) -> None:
+    def _answer(self, held: _Held, children: list[domish.Element | bytes] | tuple) -> None:
         self.held.remove(held)
         terms = self.terms
         attrs: dict[str, str] = {}
@@ -469,8 +477,14 @@ class BoshSession:
         self._end("inactivity timeout", notify_core=True)
         self.manager.remove(self)
 
-    def _overflow(self, element: domish.Element) -> None:
+    def _overflow(self, element: domish.Element | bytes) -> None:
         """Nobody is polling and the queue is full: bounce instead of growing (XEP-0206 §7)."""
+        if element.__class__ is bytes:
+            try:  # a stanza this server serialized: any size it can have is fine here
+                element = parse_element(element, max_bytes=len(element) + 1, max_elements=1 << 30, max_depth=1 << 30)
+            except StreamFault:
+                log.warn("BOSH session {sid}: queue full, an unreadable stanza dropped", sid=self.sid)
+                return
         if element.name == "message" and element.uri == ns.CLIENT:
             self.server.router.bounce(element, "recipient-unavailable")
         elif element.name == "iq" and element.getAttribute("type") in ("get", "set"):
@@ -491,7 +505,7 @@ class BoshSession:
         port = f":{self.port}" if self.port else ""
         self.terminate("see-other-uri", uri=f"{scheme}://{node}{port}/http-bind")
 
-    def terminate(self, condition: str | None, children: list[domish.Element] | None = None, *,
+    def terminate(self, condition: str | None, children: list[domish.Element | bytes] | None = None, *,
                   trigger: Exchange | None = None, notify_core: bool = True, uri: str | None = None) -> None:
         """End the session with a terminal binding condition (None: a clean end, as after a client terminate).
 
