@@ -120,7 +120,7 @@ def bosh(port: int, *, domain: str, alpn: list[str] | None, sni: str | None,
 class _UpgradedWebSocket(WebSocket):
     """tip1's WebSocket framing over a TLS socket made here (so the ALPN offer is ours)."""
 
-    def __init__(self, tls: ssl.SSLSocket, host: str, port: int) -> None:  # noqa: D107
+    def __init__(self, tls: ssl.SSLSocket, host: str, port: int) -> None:
         self.host, self.port, self.sock, self.buffer = host, port, tls, b""
         key = base64.b64encode(os.urandom(16))
         tls.sendall((f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

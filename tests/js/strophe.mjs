@@ -2,7 +2,9 @@
 //
 //   node strophe.mjs SPEC_JSON
 //
-// SPEC: {service, jid, password, peer?, expect?, timeout?, chromium?, spki?: [base64 SHA-256 of an SPKI]}.
+// SPEC: {service, jid, password, peer?, expect?, timeout?, chromium?, spki?: [base64 SHA-256 of an SPKI],
+// hostRules?: Chromium --host-resolver-rules, e.g. "MAP example2.com 127.0.0.1" (a vhost name in the URL, so
+// Chromium sends it as SNI and checks the certificate against it)}.
 // The page is served by a tiny static server on another port, so the XMPP endpoint is cross-origin
 // (the browser sends Origin; BOSH needs CORS). Prints JSON lines on stdout: {"event":"online",...} once
 // the session is bound and the roster fetched, then {"event":"result","result":{...}} (or
@@ -14,6 +16,9 @@
 //
 // wss with the test CA: Chromium is given --ignore-certificate-errors-spki-list with the hash of the
 // server's public key (only that key is trusted, unlike a blanket ignoreHTTPSErrors).
+//
+// result.protocols: the protocol of every https response (DevTools' Network.Response.protocol, e.g. "http/1.1",
+// "h2"), so a test can see what Chromium (which offers ALPN h2 and http/1.1) ended up speaking.
 
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -119,6 +124,7 @@ async function main() {
   const staticServer = await startStatic();
   const args = [...FLAGS];
   if (spec.spki && spec.spki.length) args.push("--ignore-certificate-errors-spki-list=" + spec.spki.join(","));
+  if (spec.hostRules) args.push("--host-resolver-rules=" + spec.hostRules);
   const browser = await chromium.launch({ executablePath: spec.chromium || "/usr/bin/chromium", headless: true, args });
   try {
     const page = await browser.newPage();
@@ -126,10 +132,17 @@ async function main() {
     page.on("console", (m) => consoleLines.push(m.text()));
     page.on("pageerror", (e) => consoleLines.push("pageerror: " + e.message));
     await page.exposeFunction("reportOnline", (info) => emit({ event: "online", ...info }));
+    const protocols = [];
+    const cdp = await page.context().newCDPSession(page);
+    cdp.on("Network.responseReceived", ({ response }) => {
+      if (response.url.startsWith("https:")) protocols.push(response.protocol);
+    });
+    await cdp.send("Network.enable");
     const origin = `http://localhost:${staticServer.address().port}`;
     await page.goto(origin + "/");
     const result = await page.evaluate(scenario, spec);
     result.origin = origin;
+    result.protocols = protocols;
     result.console = consoleLines.slice(-20);
     emit({ event: "result", result });
   } finally {

@@ -1,13 +1,20 @@
-// @xmpp/client in node over WebSocket against a test server.
+// @xmpp/client in node against a test server: over WebSocket (ws://, wss://) or TCP (xmpp:// with STARTTLS,
+// xmpps:// direct TLS, XEP-0368).
 //
 //   node xmpp_client.mjs SPEC_JSON
 //
-// SPEC: {service, domain, username, password, resource, expect?, timeout?}. For wss the test CA is
-// trusted through NODE_EXTRA_CA_CERTS (set by the caller). Same protocol as strophe.mjs: JSON lines
+// SPEC: {service, domain, username, password, resource, expect?, timeout?, alpn?, servername?}. For TLS the
+// test CA is trusted through NODE_EXTRA_CA_CERTS (set by the caller). Same protocol as strophe.mjs: JSON lines
 // {"event":"online"}, then {"event":"result","result":{...}}; on failure {"event":"error"} and exit 1.
 // Logs in, fetches the roster, sends presence, answers chat messages with "echo: <body>".
+//
+// TCP: every TLS handshake (the direct one, or the STARTTLS upgrade) is reported in result.tls as
+// {alpn, version, servername}. @xmpp/tls offers no ALPN of its own: `alpn` (e.g. ["xmpp-client"]) is added to
+// its tls.connect options, as is `servername` (SNI and the name the certificate is checked against) for a
+// service URL that names an address rather than the domain.
 
 import { client, xml } from "@xmpp/client";
+import TLSSocket from "@xmpp/tls/lib/Socket.js";
 import { WebSocket } from "ws";
 
 // Node 20 has no global WebSocket (22 has); @xmpp/websocket uses the global one.
@@ -15,7 +22,21 @@ globalThis.WebSocket ??= WebSocket;
 
 const spec = JSON.parse(process.argv[2]);
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
-const result = { online: false, jid: null, roster: null, received: [], error: null };
+const result = { online: false, jid: null, roster: null, received: [], error: null, tls: [] };
+
+// Used by @xmpp/tls (xmpps://) and by @xmpp/starttls for the upgrade (xmpp://).
+const tlsConnect = TLSSocket.prototype.connect;
+TLSSocket.prototype.connect = function (options, ...rest) {
+  const extra = {};
+  if (spec.alpn) extra.ALPNProtocols = spec.alpn;
+  if (spec.servername) extra.servername = spec.servername;
+  tlsConnect.call(this, { ...options, ...extra }, ...rest);
+  const socket = this.socket;
+  socket.once("secureConnect", () => {
+    result.tls.push({ alpn: socket.alpnProtocol || null, version: socket.getProtocol(),
+                      servername: socket.servername || null });
+  });
+};
 
 const xmpp = client({
   service: spec.service,
