@@ -5,6 +5,14 @@ owner of any session with no shared state and no race with the session's creatio
 a request for a session it does not hold sends the (already validated) ``<body/>`` over the cluster
 link as ``<bosh-req/>`` and keeps the HTTP request open until ``<bosh-resp/>`` comes back. Neither a
 sticky load balancer nor the ``host`` attribute is needed.
+
+Every forwarded request is answered. While the owner is unreachable (a suspect: its link is down but it
+is not declared dead) the request waits here and is sent when a link to it is up again; every request
+still unanswered when a new link comes up is sent again, since the old link may have lost it or its
+answer (the owner recognises a repeated ``rid`` and answers it from its cache, XEP-0124 §14.3). When the
+owner is declared dead the request gets ``remote-connection-failed``; one with no answer after
+``bosh/max-wait`` plus ``cl-comp/failure-timeout`` gets a recoverable ``<body type='error'/>``
+(XEP-0124 §17.3: the client sends it again).
 """
 
 from __future__ import annotations
@@ -56,29 +64,66 @@ class ForwardedExchange(Exchange):
                        f"type={quoteattr(content_type)}>{encoded}</bosh-resp>")
 
 
+class _Forwarded:
+    """A request sent (or to be sent) to its owner node, until its answer comes."""
+
+    __slots__ = ("node", "exchange", "xml", "timer")
+
+    def __init__(self, node: str, exchange: Exchange, xml: str) -> None:
+        self.node = node
+        self.exchange = exchange
+        self.xml = xml
+        self.timer: Any = None
+
+
 class BoshForwarder:
     """Knows which node owns each BOSH session; forwards and answers requests."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.waiting: dict[str, tuple[str, Exchange]] = {}  # request number -> (node, HTTP exchange)
+        self.waiting: dict[str, _Forwarded] = {}  # request number -> the request
         self._numbers = itertools.count(1)
+        #: The owner answers within the request's 'wait' (at most bosh/max-wait): longer means lost.
+        self.timeout = bosh_sessions(cluster.server).settings.max_wait + cluster.failure_timeout
         hooks = cluster.server.hooks
         hooks.add("cluster/bosh-req", self._request)
         hooks.add("cluster/bosh-resp", self._response)
         hooks.add("cluster/node-down", self._node_down)
+        hooks.add("cluster/node-up", self._node_up)
 
     def owner(self, sid: str) -> str | None:
-        """The live peer whose tag ends ``sid``."""
+        """The cluster member (reachable now or not) whose tag ends ``sid``."""
         tag = sid[-TAG_LENGTH:]
-        return next((node for node in self.cluster.links if node_tag(node) == tag), None)
+        return next((node for node in self.cluster.peers() if node_tag(node) == tag), None)
 
     def _node_down(self, node: str) -> bool:
-        for number, (owner, exchange) in list(self.waiting.items()):
-            if owner == node:
-                del self.waiting[number]
-                exchange.reply(render_body({"type": "terminate", "condition": "remote-connection-failed"}))
+        for number, forwarded in list(self.waiting.items()):
+            if forwarded.node == node:
+                self._answer(number, render_body({"type": "terminate", "condition": "remote-connection-failed"}))
         return False
+
+    def _node_up(self, node: str) -> bool:
+        """A new link to ``node``: send what waited for it, and again what the old link may have lost."""
+        for forwarded in list(self.waiting.values()):
+            if forwarded.node == node:
+                self.cluster.send_event(node, forwarded.xml)
+        return False
+
+    def _expired(self, number: str) -> None:
+        forwarded = self.waiting.get(number)
+        if forwarded is not None:
+            forwarded.timer = None
+            log.info("BOSH request forwarded to {node} unanswered after {t:g} s: recoverable error",
+                     node=forwarded.node, t=self.timeout)
+            self._answer(number, render_body({"type": "error"}))
+
+    def _answer(self, number: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE, status: int = 200) -> None:
+        forwarded = self.waiting.pop(number, None)
+        if forwarded is None:
+            return
+        if forwarded.timer is not None and forwarded.timer.active():
+            forwarded.timer.cancel()
+        forwarded.exchange.reply(data, content_type, status)
 
     # -- forwarding -----------------------------------------------------------------------------
 
@@ -88,9 +133,11 @@ class BoshForwarder:
         if node is None:
             return False
         number = str(next(self._numbers))
-        self.waiting[number] = (node, exchange)
-        self.cluster.send_event(node, f"<bosh-req id='{number}' secure='{int(secure)}' peer={quoteattr(peer)}>"
-                                      f"{body.toXml()}</bosh-req>")
+        forwarded = _Forwarded(node, exchange, f"<bosh-req id='{number}' secure='{int(secure)}' "
+                                               f"peer={quoteattr(peer)}>{body.toXml()}</bosh-req>")
+        forwarded.timer = self.cluster.clock.callLater(self.timeout, self._expired, number)
+        self.waiting[number] = forwarded
+        self.cluster.send_event(node, forwarded.xml)  # unreachable now: sent when its link is up (_node_up)
         return True
 
     def _request(self, node: str, element: domish.Element) -> bool:
@@ -108,14 +155,16 @@ class BoshForwarder:
         return True
 
     def _response(self, node: str, element: domish.Element) -> bool:
-        waiting = self.waiting.pop(element.getAttribute("id") or "", None)
-        if waiting is not None:
+        number = element.getAttribute("id") or ""
+        forwarded = self.waiting.get(number)
+        if forwarded is not None and forwarded.node == node:
             try:
                 status = int(element.getAttribute("status") or 200)
+                data = base64.b64decode(str(element), validate=True)
             except ValueError:
-                status = 200
-            data = base64.b64decode(str(element))
-            waiting[1].reply(data, element.getAttribute("type") or DEFAULT_CONTENT_TYPE, status)
+                log.warn("BOSH answer from {node} unreadable: recoverable error instead", node=node)
+                status, data = 200, render_body({"type": "error"})
+            self._answer(number, data, element.getAttribute("type") or DEFAULT_CONTENT_TYPE, status)
         return True
 
 
