@@ -244,6 +244,42 @@ class ReloadTests(ALPNTestCase):
         await deferToThread(self.check_https, (DOMAINS[0],))
 
 
+def exchange(port: int, alpn: list[str], request: bytes, ca_file: str) -> tuple[str | None, bytes]:
+    """Direct TLS offering ``alpn``, send ``request``, read until the server closes: (selected ALPN, answer)."""
+    with _tls(port, None, alpn, ca_file) as tls:
+        selected = tls.selected_alpn_protocol()
+        tls.sendall(request)
+        answer = b""
+        try:
+            while data := tls.recv(65536):
+                answer += data
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+        return selected, answer
+
+
+class CrossProtocolTests(ALPNTestCase):
+    """No overlap never aborts the handshake; what the client then sends is answered by the listener's protocol."""
+
+    async def test_h2_client_without_alpn_gets_an_http_error(self) -> None:
+        """An h2-only client that ignores the missing ALPN answer and sends the h2 preface: an HTTP/1.1 error."""
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        selected, answer = await deferToThread(exchange, self.port("bosh"), ["h2"], preface, self.ca_file)
+        self.assertIsNone(selected)
+        self.assertRegex(answer, rb"^HTTP/1\.1 [45]\d\d ")
+
+    async def test_http_request_on_c2s_is_not_reflected(self) -> None:
+        """A browser's request sent to the c2s TLS port (ALPACA): a stream error that echoes none of it."""
+        marker = b"<script>alpaca-7f3a</script>"
+        request = b"POST / HTTP/1.1\r\nHost: example2.com\r\nContent-Length: 28\r\n\r\n" + marker
+        selected, answer = await deferToThread(exchange, self.port("c2s"), ["h2", "http/1.1"], request,
+                                               self.ca_file)
+        self.assertIsNone(selected)
+        self.assertIn(b"<stream:error>", answer)
+        self.assertNotIn(b"alpaca", answer)
+        self.assertNotIn(b"HTTP", answer)
+
+
 class SelectCallbackTests(TestCase):
     def test_connection_without_a_listener_gets_no_alpn(self) -> None:
         """Never a raise (OpenSSL would answer it with internal_error): no listener known, no protocol picked."""
