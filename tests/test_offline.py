@@ -196,6 +196,34 @@ class OfflineModuleTestsMixin:
         await self.settle()
         self.assertEqual([str(m.body) for m in again.take("message")], ["keep"])
 
+    async def test_storing_fires_once_the_row_is_written(self) -> None:
+        """What a cluster link waits for before acknowledging a routed message that went offline."""
+        await self.start()
+        stanza = parse("<message xmlns='jabber:client' from='alice@localhost/pc' to='bob@localhost' "
+                       "type='chat'><body>safe</body></message>")
+        self.assertTrue(self.module.message_offline(stanza, "bob@localhost"))
+        stored = self.module.storing(stanza)
+        self.assertIsNotNone(stored)
+        self.assertFalse(stored.called)
+        await stored
+        self.assertEqual(await self.store.count("bob", "localhost"), 1)
+        self.assertIsNone(self.module.storing(stanza))  # over
+        self.assertIsNone(self.module.storing(parse("<message xmlns='jabber:client'/>")))
+
+    async def test_rows_are_never_handed_to_another_node(self) -> None:
+        """A resource on another node became available while the message was being stored: that node is
+        told to deliver it; this node neither writes it to the cluster link nor deletes the row."""
+        alice = await self.start()
+        remote = RemoteResource("bob@localhost/elsewhere", "t2.example.com")
+        announced = []
+        self.server.hooks.add("offline/waiting", lambda bare, node: announced.append((bare, node)) or True)
+        self.chat(alice, "stays")  # the store is in flight...
+        self.server.sessions.bind(remote)  # ...when bob comes online on t2
+        await self.settle()
+        self.assertEqual(remote.delivered, [])
+        self.assertEqual(await self.store.count("bob", "localhost"), 1)
+        self.assertEqual(announced, [("bob@localhost", "t2.example.com")])
+
     async def test_queue_full_is_service_unavailable(self) -> None:
         alice = await self.start("--offline-max-messages=2\n")
         for n in range(3):
@@ -264,6 +292,26 @@ class OfflineModuleTestsMixin:
         bob.presence()
         await self.settle()
         self.assertEqual([str(m.body) for m in bob.take("message")], ["persisted"])
+
+
+class RemoteResource:
+    """A resource on another cluster node, as the directory puts it in the registry."""
+
+    stream = None
+
+    def __init__(self, jid: str, node: str) -> None:
+        self.jid, self.node = jid, node
+        self.bare, _, self.resource = jid.partition("/")
+        self.priority = 5
+        self.presence = parse("<presence xmlns='jabber:client'/>")
+        self.delivered: list = []
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    def deliver(self, stanza) -> None:
+        self.delivered.append(stanza)
 
 
 class SQLiteOfflineStoreTests(OfflineStoreTestsMixin, SQLiteBackend, TestCase):

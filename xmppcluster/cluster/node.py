@@ -107,6 +107,7 @@ class Cluster:
         hooks.add("remote/roster/changed", self._remote_roster_changed)
         hooks.add("blocking/changed", self._blocking_changed, -1000)
         hooks.add("remote/blocking/changed", self._remote_blocking_changed)
+        hooks.add("offline/waiting", self._offline_waiting)
         from xmppcluster.cluster.bosh_forward import BoshForwarder
 
         self.bosh = BoshForwarder(self)
@@ -443,6 +444,12 @@ class Cluster:
         if session.node is None:
             self.broadcast(f"<unbound jid={quoteattr(session.jid)}/>".encode())
         return False
+
+    def _offline_waiting(self, owner: str, node: str) -> bool:
+        """A message of ``owner`` was stored here while its eligible resources are on ``node``: that node
+        delivers it (its ``cluster/offline-waiting`` hook)."""
+        self.send_event(node, f"<offline-waiting owner={quoteattr(owner)}/>")
+        return True
 
     def _roster_changed(self, owner: str, contact: str) -> bool:
         self.broadcast(f"<event name='roster/changed' owner={quoteattr(owner)} "

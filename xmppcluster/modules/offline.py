@@ -4,16 +4,22 @@ Storing: ``message/offline`` (no resource can take the message) decides with :fu
 (XEP-0160 per-type rules, XEP-0334 hints), answers the hook at once and stores in the background; if the
 store fails the sender gets an error, so nothing is dropped silently (unknown account or full queue:
 ``service-unavailable``, RFC 6121 §8.5.1 and XEP-0160 §2; database failure: ``internal-server-error``).
+Whoever must know when the message is safe (a cluster link acknowledging a routed stanza) asks
+:meth:`OfflineMessages.storing` for the store's end.
 
-Delivering: when a resource becomes available with a non-negative priority (``presence/broadcast``,
-``presence/initial``), the queue is claimed in the database, handed to that resource in order, then
-deleted. Deliveries for one account run one at a time on this node; the database claim keeps other
-nodes (and a second resource logging in at the same moment) from delivering the same rows again.
+Delivering: when a resource of this node becomes available with a non-negative priority
+(``presence/broadcast``, ``presence/initial``), the queue is claimed in the database, written to that
+resource's open client stream in order, then deleted. Only resources of this node are written to: a row
+is never deleted on the word of another node's link. A message stored while the account's only eligible
+resources are on other nodes is announced to them (``offline-waiting``), and they deliver it.
+Deliveries for one account run one at a time on this node; the database claim keeps other nodes (and a
+second resource logging in at the same moment) from delivering the same rows again.
 """
 
 from __future__ import annotations
 
 import secrets
+import weakref
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
@@ -100,6 +106,8 @@ class OfflineMessages(Module):
         self._pending: set[Deferred] = set()
         #: bare JID -> lock that keeps its stores in arrival order
         self._stores = KeyedQueue()
+        #: stanza being stored -> its store (see :meth:`storing`)
+        self._storing: weakref.WeakKeyDictionary[domish.Element, Deferred] = weakref.WeakKeyDictionary()
 
     def start(self) -> None:
         db = getattr(self.server.storage, "db", None)
@@ -150,8 +158,18 @@ class OfflineMessages(Module):
         user, _, domain = bare.partition("@")
         now = self._now()
         data = serialize_with_delay(stanza, domain, utc_stamp(now))
-        self._background(self._store(stanza, data, user, domain, int(now)), "store")
+        self._storing[stanza] = self._background(self._store(stanza, data, user, domain, int(now)), "store")
         return True
+
+    def storing(self, stanza: domish.Element) -> Deferred | None:
+        """If ``stanza`` is being stored: a Deferred firing (with None) once the store is over, written or
+        answered with an error. None when no store of it is running."""
+        store = self._storing.get(stanza)
+        if store is None or store.called:
+            return None
+        done = Deferred()
+        store.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
 
     async def _store(self, stanza: domish.Element, data: bytes, user: str, domain: str, now: int) -> None:
         bare = f"{user}@{domain}"
@@ -162,6 +180,9 @@ class OfflineMessages(Module):
         target = self._target(bare)
         if target is not None:
             self.deliver(target)
+            return
+        for node in {s.node for s in self.server.sessions.available(bare) if s.node is not None and s.priority >= 0}:
+            self.server.hooks.fire("offline/waiting", bare, node)  # that node's resource fetched its queue already
 
     async def _store_one(self, stanza: domish.Element, data: bytes, user: str, domain: str, now: int) -> bool:
         """Write one message; False (and the sender told) when it cannot be stored."""
@@ -196,6 +217,14 @@ class OfflineMessages(Module):
             self.deliver(session)
         return False
 
+    @hook("cluster/offline-waiting")
+    def offline_waiting(self, node: str, element: domish.Element) -> bool:
+        """Another node stored a message for an account with an eligible resource here: deliver it."""
+        target = self._target(element.getAttribute("owner") or "")
+        if target is not None:
+            self.deliver(target)
+        return True
+
     def deliver(self, session: Session) -> Deferred:
         """Hand the stored messages of ``session``'s account to it (or to another eligible resource)."""
         if self.store is None:
@@ -211,12 +240,13 @@ class OfflineMessages(Module):
         return d
 
     def _eligible(self, session: Session) -> bool:
-        return (session.available and session.priority >= 0
+        """A resource of this node, available with a non-negative priority, whose stream is open."""
+        return (session.node is None and session.available and session.priority >= 0
                 and self.server.sessions.get(session.bare, session.resource) is session
                 and getattr(session.stream, "state", None) != "closed")
 
     def _target(self, bare: str) -> Session | None:
-        """The most available resource of ``bare`` with a non-negative priority, if any."""
+        """The most available resource of ``bare`` on this node with a non-negative priority, if any."""
         best = None
         for session in self.server.sessions.available(bare):
             if self._eligible(session) and (best is None or session.priority > best.priority):
@@ -262,6 +292,7 @@ class OfflineMessages(Module):
                 done.append(message.seq)
                 continue
             if not (blocked and blocked_by(blocked, bare, stanza.getAttribute("from"))):
+                # Written to an open stream of this node; what it cannot send before it closes, it routes again.
                 session.deliver(stanza)
             done.append(message.seq)
         try:
