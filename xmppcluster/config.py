@@ -290,6 +290,9 @@ register(G, "auth-failure-max-delay", "F", 30.0, "Upper bound of the failed-auth
          minimum=0)
 register(G, "sm-plugins", "s", [], "Enable (``+name``) or disable (``-name``) session-manager modules.")
 register(G, "roster-max-size", "I", 1000, "Most contacts in one roster.", minimum=1)
+register(G, "directed-presence-max", "I", 1000,
+         "Most JIDs one resource may have sent directed presence to at once (more: ``<policy-violation/>``).",
+         minimum=1, maximum=4096)
 register(G, "offline-max-messages", "I", 1000, "Most offline messages stored per user (0 = no offline storage).",
          minimum=0)
 register(G, "vcard-max-size", "I", 65536, "Largest vCard stored, in bytes.", minimum=1024)

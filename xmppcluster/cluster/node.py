@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.cluster import protocol as wire
-from xmppcluster.cluster.directory import Directory, describe
+from xmppcluster.cluster.directory import Directory, describe, directed_delta, sync_frames
 from xmppcluster.cluster.link import Link, LinkFactory
 from xmppcluster.config import ClusterNode
 from xmppcluster.namespaces import CLIENT
@@ -100,7 +100,7 @@ class Cluster:
         hooks = self.server.hooks
         hooks.add("session/bound", self._local_bound, 1000)
         hooks.add("presence/broadcast", self._local_state, 1000)
-        hooks.add("session/directed", self._local_changed, 1000)
+        hooks.add("session/directed", self._local_directed, 1000)
         hooks.add("session/interested", self._local_changed, 1000)
         hooks.add("session/unbound", self._local_unbound, 1000)
         hooks.add("roster/changed", self._roster_changed, -1000)
@@ -225,7 +225,8 @@ class Cluster:
         self._sent[peer] = 0
         self._outbox[peer] = deque()
         local = [s for s in self.server.sessions if s.node is None]
-        link.send(b"<sync>" + b"".join(describe(s) for s in local) + b"</sync>")
+        self.directory.begin_sync(peer)
+        self._send_sync(link, sync_frames(local, self._live))
         for body, jid, keep in self._waiting.pop(peer, []):
             self._route_body(peer, body, jid, keep)
         log.info("cluster: link to {peer} up ({n} local sessions sent)", peer=peer, n=len(local))
@@ -351,6 +352,8 @@ class Cluster:
             self.directory.state(peer, element)
         elif name == "unbound":
             self.directory.unbound(peer, element.getAttribute("jid") or "")
+        elif name in ("directed", "undirected"):
+            self.directory.directed(peer, element, name == "directed")
         elif name == "sync":
             vanished = self.directory.sync(peer, element)
             if vanished and self._announcer(excluding=peer):
@@ -406,6 +409,23 @@ class Cluster:
         self.directory.drop_node(node)
         self._undeliverable(body, jid)
 
+    def _send_sync(self, link: Link, frames: Any, count: int = 0, largest: int = 0) -> None:
+        """The ``<sync>`` frames, one per reactor turn: a large directory neither stalls this node nor makes
+        one frame the peer refuses."""
+        if self.links.get(link.peer) is not link:
+            return  # the link went down: the next one syncs again
+        frame = next(frames)
+        link.send(frame)
+        count, largest = count + 1, max(largest, len(frame))
+        if frame.startswith(b"<sync end="):
+            log.info("cluster: directory sent to {peer} in {count} frames (largest {largest} bytes)",
+                     peer=link.peer, count=count, largest=largest)
+        else:
+            self.clock.callLater(0, self._send_sync, link, frames, count, largest)
+
+    def _live(self, session: Session) -> bool:
+        return self.server.sessions.get(session.bare, session.resource) is session
+
     def send_event(self, node: str, xml: str) -> None:
         link = self.links.get(node)
         if link is not None:
@@ -427,6 +447,7 @@ class Cluster:
 
     def _local_bound(self, session: Session) -> bool:
         if session.node is None:
+            self.directory.stamp(session)
             self.broadcast(describe(session))
         return False
 
@@ -434,10 +455,16 @@ class Cluster:
         return self._local_changed(session)
 
     def _local_changed(self, session: Session) -> bool:
-        """Presence, priority, roster interest or directed-presence recipients (kept by peers, so that
-        whoever announces this node's death also ends directed presence) changed: peers update the entry."""
+        """Presence, priority or roster interest changed: peers update the entry."""
         if session.node is None:
             self.broadcast(describe(session, "state"))
+        return False
+
+    def _local_directed(self, session: Session, target: str | None, added: bool) -> bool:
+        """A directed-presence recipient added or removed (kept by peers, so that whoever announces this
+        node's death also ends directed presence): peers get the change, not the whole list."""
+        if session.node is None:
+            self.broadcast(directed_delta(session, target, added))
         return False
 
     def _local_unbound(self, session: Session, reason: str) -> bool:

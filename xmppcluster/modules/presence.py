@@ -4,7 +4,8 @@ Builds on the roster module (``jabber:iq:roster``): its store, cache, per-accoun
 :meth:`~xmppcluster.modules.roster.RosterModule.apply`. All work for one account runs in that account's
 queue, so stanzas are processed in the order they arrived even though storage is asynchronous.
 
-Fires ``session/directed``(session) when a resource's set of directed-presence recipients changes.
+Fires ``session/directed``(session, target, added) when a resource's set of directed-presence recipients
+changes: ``target`` added (``added`` True) or removed, or every target removed (``target`` None).
 Hooks: ``presence/outgoing`` (subscription stanzas and directed presence a client sends),
 ``presence/bare`` and ``presence/full`` (what arrives for a local account), ``presence/broadcast``,
 ``presence/initial`` and ``session/unbound`` (a resource's own availability).
@@ -53,6 +54,10 @@ def _bare_of(text: str) -> str | None:
 class Presence(Module):
     name = "presence"
 
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.max_directed: int = self.config.get("--", "directed-presence-max")
+
     @property
     def roster(self) -> RosterModule:
         return self.server.modules[RosterModule.name]
@@ -81,14 +86,26 @@ class Presence(Module):
                 self.roster.spawn(session.bare, self._outbound, stanza, session, contact, kind)
             return True
         if kind in (None, "unavailable") and target.userhost() != session.bare:
-            # RFC 6121 §4.6: remember directed presence, to end it with unavailable later.
-            before = len(session.directed)
-            if kind is None:
-                session.directed.add(target.full())
-            else:
-                session.directed.discard(target.full())
-            if len(session.directed) != before:
-                self.server.hooks.fire("session/directed", session)
+            return self._directed(stanza, session, target.full(), kind is None)
+        return False
+
+    def _directed(self, stanza: domish.Element, session: Any, target: str, available: bool) -> bool:
+        """RFC 6121 §4.6: remember directed presence, to end it with unavailable later. A resource tracks at
+        most ``--directed-presence-max`` recipients: available presence to one more is refused (and not
+        sent), since the server could not end it; updates to a tracked recipient and unavailable pass."""
+        directed = session.directed
+        if available and target not in directed:
+            if len(directed) >= self.max_directed:
+                session.deliver(stanzas.error_reply(
+                    stanza, "policy-violation", type="wait",
+                    text=f"directed presence to at most {self.max_directed} JIDs at once: send unavailable "
+                         "to some first"))
+                return True
+            directed.add(target)
+            self.server.hooks.fire("session/directed", session, target, True)
+        elif not available and target in directed:
+            directed.discard(target)
+            self.server.hooks.fire("session/directed", session, target, False)
         return False
 
     async def _outbound(self, stanza: domish.Element, session: Any, contact: str, kind: str) -> None:
@@ -227,7 +244,7 @@ class Presence(Module):
                 if _bare_of(target) not in covered:
                     router.route(stanzas.make("presence", type="unavailable", frm=session.jid, to=target))
             session.directed.clear()
-            self.server.hooks.fire("session/directed", session)
+            self.server.hooks.fire("session/directed", session, None, False)
 
     @hook("presence/initial")
     def initial(self, session: Any) -> None:
