@@ -8,6 +8,10 @@ trees the rest of Twisted understands:
 * an XML declaration is accepted only where XML allows it (the very start); a non-UTF-8 encoding in it ->
   ``unsupported-encoding``;
 * malformed XML or UTF-8 -> ``not-well-formed``;
+* a namespace name (``xmlns='...'`` or ``xmlns:p='...'``) with whitespace, a control character or any of
+  ``' " < > & \\ ^ ` { | }`` -> ``invalid-namespace`` (:func:`namespace_allowed`). None of these can
+  appear in a URI or IRI (XML-NAMES requires a URI reference), except ``'`` and ``&``, which no XMPP
+  namespace uses: refusing them all means no namespace name can ever close the quotes it is written in;
 * per stanza: byte size, element count and nesting depth caps -> ``policy-violation``. Bytes are counted as
   they are fed, so an oversized stanza is refused while it arrives and memory stays bounded;
 * text is gathered in a list and joined once per element (plus expat's ``buffer_text``), so building a
@@ -17,11 +21,12 @@ trees the rest of Twisted understands:
 from __future__ import annotations
 
 import pyexpat
+import re
 from typing import Protocol
 
 from twisted.words.xish.domish import Element
 
-__all__ = ["StreamFault", "StreamHandler", "StreamParser", "parse_element"]
+__all__ = ["StreamFault", "StreamHandler", "StreamParser", "namespace_allowed", "parse_element"]
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 
@@ -41,6 +46,13 @@ _TEXT_BUFFER = 1024
 _MAX_INTERNED = 2048
 _NAMES: dict[str, str] = {}
 
+# Namespace names: no whitespace or control character (C0, DEL, C1), nothing that is markup or quoting in
+# XML, nothing RFC 3986/3987 keeps out of URI and IRI references, no surrogate or non-character.
+_BAD_NAMESPACE = re.compile("[\x00-\x20\x7f-\x9f\"'<>&\\\\^`{|}\ud800-\udfff\ufffe\uffff]")
+# Namespace names already checked: an XMPP stream uses a handful. Cleared when a peer sends too many.
+_MAX_NAMESPACES = 1024
+_NAMESPACES: set[str] = set()
+
 _UNDEFINED_ENTITY = pyexpat.errors.codes[pyexpat.errors.XML_ERROR_UNDEFINED_ENTITY]
 _UTF8_NAMES = frozenset(("utf-8", "utf8"))
 
@@ -52,6 +64,20 @@ class StreamFault(Exception):
         super().__init__(condition if text is None else f"{condition}: {text}")
         self.condition = condition
         self.text = text
+
+
+def namespace_allowed(uri: str) -> bool:
+    """Whether ``uri`` may be a namespace name here (the parser refuses the others, the serializer
+    never writes them): no whitespace, control character, ``' " < > & \\ ^ ` { | }``, surrogate or
+    U+FFFE/U+FFFF. The empty name (no namespace) is allowed."""
+    if uri in _NAMESPACES:
+        return True
+    if uri.__class__ is not str or _BAD_NAMESPACE.search(uri) is not None:
+        return False
+    if len(_NAMESPACES) >= _MAX_NAMESPACES:
+        _NAMESPACES.clear()
+    _NAMESPACES.add(uri)
+    return True
 
 
 class StreamHandler(Protocol):
@@ -245,6 +271,9 @@ class _Builder:
             raise StreamFault("bad-format", "character data outside a stanza")
 
     def _on_ns_start(self, prefix: str | None, uri: str | None) -> None:
+        if uri and uri not in _NAMESPACES and not namespace_allowed(uri):
+            raise StreamFault("invalid-namespace", "a namespace name may not contain whitespace, control "
+                                                   "characters or any of ' \" < > & \\ ^ ` { | }")
         if prefix is None:
             self._ns_stack.append(uri or "")
         else:
