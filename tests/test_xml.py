@@ -453,3 +453,65 @@ class ParseElementTests(Base):
 
     def test_lone_surrogate_in_str(self) -> None:
         self.assertFault("not-well-formed", parse_element, "<body>\ud800</body>")
+
+
+#: issue C1: the stanza whose namespace name, written back unescaped, made a second <message/>.
+INJECTION = (b"<message to='v@example.com'><x xmlns=\"urn:a'/&gt;&lt;message&#9;from='boss@example.com'&gt;"
+             b"&lt;body&gt;forged&lt;/body&gt;&lt;/message&gt;&lt;x&#9;xmlns='z\"/></message>")
+#: One of each character a namespace name may not contain, as a character reference where expat would
+#: refuse or normalise the literal one. (A space is expat's namespace separator: it refuses it itself.)
+FORBIDDEN = ["&#9;", "&#10;", "&#13;", "&#x7F;", "&#x85;", "&#x9F;", "&apos;", "&quot;", "&lt;", "&gt;",
+             "&amp;", "\\", "^", "`", "{", "|", "}"]
+
+
+class NamespaceNameTests(Base):
+    """Namespace names that could close their quotes (or hold no URI at all) end the stream."""
+
+    def test_injection_stanza(self) -> None:
+        parser, handler = self.open()
+        fault = self.assertFault("invalid-namespace", parser.feed, INJECTION)
+        self.assertIn("namespace name", fault.text)
+        self.assertEqual(handler.elements, [])
+        self.assertFault("invalid-namespace", parse_element, INJECTION)
+
+    def test_each_forbidden_character(self) -> None:
+        for char in FORBIDDEN:
+            for template in ("<x xmlns='urn:a{}b'/>", "<x xmlns:p='urn:a{}b' p:y='1'/>", "<p:x xmlns:p='{}'/>"):
+                with self.subTest(char=char, template=template):
+                    text = template.format(char).replace("'", '"')
+                    self.assertFault("invalid-namespace", parse_element, text.encode())
+        self.assertFault("not-well-formed", parse_element, b"<x xmlns='urn:a&#32;b'/>")
+
+    def test_in_the_stream_header(self) -> None:
+        parser = StreamParser(Recorder())
+        header = HEADER.replace(b"xmlns='jabber:client'", b"xmlns='jabber:client&#9;x'")
+        self.assertFault("invalid-namespace", parser.feed, header)
+
+    def test_prefix_declared_deep_inside(self) -> None:
+        parser, handler = self.open()
+        self.assertFault("invalid-namespace", parser.feed,
+                         b"<message><a><b><c xmlns:q='urn:&lt;q'/></b></a></message>")
+        self.assertEqual(handler.elements, [])
+
+    def test_usual_names_accepted(self) -> None:
+        for uri in ("jabber:client", "urn:xmpp:ping", "http://jabber.org/protocol/muc#user",
+                    "https://example.com/a%20b?x=1;y=2#f", "urn:ex:\u00e9\u4e2d", "[v6]:x", ""):
+            with self.subTest(uri=uri):
+                element = parse_element(f"<x xmlns='{uri}'/>".encode())
+                self.assertEqual(element.uri, uri)
+                self.assertTrue(xml.namespace_allowed(uri))
+
+    def test_checked_names_remembered_within_bounds(self) -> None:
+        self.patch(xml, "_NAMESPACES", set())
+        for n in range(xml._MAX_NAMESPACES * 2 + 5):
+            parse_element(f"<x xmlns='urn:n:{n}'/>".encode())
+            self.assertLessEqual(len(xml._NAMESPACES), xml._MAX_NAMESPACES)
+        self.assertIn(f"urn:n:{xml._MAX_NAMESPACES * 2 + 4}", xml._NAMESPACES)
+
+    def test_reserved_names_refused_by_expat(self) -> None:
+        """What expat already refuses stays refused (not-well-formed): the serializer relies on it."""
+        for text in ("<x xmlns:p=''/>", f"<x xmlns='{XML_NS}'/>", "<x xmlns:xml='urn:x'/>",
+                     "<x xmlns:xmlns='urn:x'/>", "<x xmlns:p='http://www.w3.org/2000/xmlns/'/>",
+                     "<p:x/>", "<x p:y='1'/>", "<x xmlns:p='u' xmlns:q='u' p:a='1' q:a='2'/>"):
+            with self.subTest(text=text):
+                self.assertFault("not-well-formed", parse_element, text.encode())
