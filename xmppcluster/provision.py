@@ -36,6 +36,7 @@ from twisted.words.xish.domish import Element
 
 from xmppcluster.auth.credentials import DEFAULT_ITERATIONS, SCRAM_HASHES, ScramCredentials, derive
 from xmppcluster.jid import InvalidJID, nameprep, nodeprep, parse_jid
+from xmppcluster.serializer import serialize
 from xmppcluster.storage.database import POSTGRESQL, Cursor, Database
 from xmppcluster.xml import new_child, qualify
 
@@ -426,11 +427,11 @@ def account_from_element(host: str, user_el: Element, warn: Callable[[str], None
             _pending(account, child, warn)
         elif key == (NS_VCARD, "vCard"):
             if any(True for _ in child.elements()):
-                account.vcard = child.toXml()
+                account.vcard = serialize(child)
         elif key == (NS_PRIVATE, "query"):
             for item in child.elements():
                 if item.uri and item.uri not in (NS_PRIVATE, NS_PIE):
-                    account.private[item.uri] = account.private.get(item.uri, "") + item.toXml()
+                    account.private[item.uri] = account.private.get(item.uri, "") + serialize(item)
         elif key == (NS_PIE, "offline-messages"):
             _offline(account, child, warn, now)
         elif key == (NS_PRIVACY, "query"):
@@ -478,7 +479,7 @@ def _pending(account: Account, presence: Element, warn: Callable[[str], None]) -
     _requalify(presence, presence.uri, NS_CLIENT)
     presence["from"] = contact
     presence["to"] = f"{account.user}@{account.domain}"
-    account.pending.append((contact, presence.toXml()))
+    account.pending.append((contact, serialize(presence)))
 
 
 def _offline(account: Account, container: Element, warn: Callable[[str], None], now: int) -> None:
@@ -495,7 +496,7 @@ def _offline(account: Account, container: Element, warn: Callable[[str], None], 
                 delay["from"] = account.domain
             stored_at = now
             delay["stamp"] = _utc(now)
-        account.offline.append((stored_at, message.getAttribute("from") or "", message.toXml().encode("utf-8")))
+        account.offline.append((stored_at, message.getAttribute("from") or "", serialize(message).encode("utf-8")))
 
 
 def _privacy(account: Account, query: Element, warn: Callable[[str], None]) -> None:

@@ -28,6 +28,7 @@ from twisted.words.xish import domish
 from xmppcluster.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.blocking import blocked_by
+from xmppcluster.serializer import serialize
 from xmppcluster.sessions import Session
 from xmppcluster.stanza import utc_stamp
 from xmppcluster.storage.errors import NoSuchAccount
@@ -78,7 +79,7 @@ def serialize_with_delay(stanza: domish.Element, domain: str, stamp: str) -> byt
     delay["from"] = domain
     delay["stamp"] = stamp
     try:
-        return stanza.toXml().encode("utf-8")
+        return serialize(stanza).encode("utf-8")
     finally:
         stanza.children.remove(delay)
 

@@ -16,6 +16,7 @@ from twisted.words.xish import domish
 from xmppcluster import stanza as stanzas
 from xmppcluster.modules.base import Module, StanzaError, iq
 from xmppcluster.modules.disco import requester
+from xmppcluster.serializer import serialize
 from xmppcluster.storage.account_data import PrivateStore, QuotaExceeded
 from xmppcluster.storage.errors import NoSuchAccount
 from xmppcluster.xml import parse_element
@@ -72,7 +73,7 @@ class PrivateStorage(Module):
         self._own(request, sender)
         items: dict[str, str] = {}
         for child in _children(stanzas.first_child(request)):
-            items[child.uri] = items.get(child.uri, "") + child.toXml()
+            items[child.uri] = items.get(child.uri, "") + serialize(child)
         try:
             await self.store.set(sender.user, sender.domain, items, MAX_BYTES)
         except QuotaExceeded:

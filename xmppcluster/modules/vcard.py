@@ -16,6 +16,7 @@ from twisted.words.xish import domish
 from xmppcluster import stanza as stanzas
 from xmppcluster.modules.base import Module, StanzaError, iq
 from xmppcluster.modules.disco import requester
+from xmppcluster.serializer import serialize
 from xmppcluster.storage.account_data import VCardStore
 from xmppcluster.storage.errors import NoSuchAccount
 from xmppcluster.xml import parse_element
@@ -56,7 +57,7 @@ class VCard(Module):
         vcard = stanzas.first_child(request)
         if vcard.name != "vCard":
             raise StanzaError("bad-request", "expected <vCard xmlns='vcard-temp'/>")
-        text = vcard.toXml() if any(True for _ in vcard.elements()) else None
+        text = serialize(vcard) if any(True for _ in vcard.elements()) else None
         if text is not None and len(text.encode("utf-8")) > self.max_size:
             raise StanzaError("policy-violation", f"a vCard may have at most {self.max_size} bytes")
         try:
