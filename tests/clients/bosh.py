@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.request
 import xml.etree.ElementTree as ET
 
@@ -12,8 +13,10 @@ BOSH = f"{{{HTTPBIND}}}body"
 
 
 class BoshClient:
-    def __init__(self, domain: str) -> None:
+    def __init__(self, domain: str, context: ssl.SSLContext | None = None) -> None:
+        """``context``: the TLS context for https URLs (its trust roots decide what verifies)."""
         self.domain = domain
+        self.context = context
         self.rid = 1000
         self.sid: str | None = None
         self.created: ET.Element | None = None
@@ -24,7 +27,7 @@ class BoshClient:
         body = (f"<body xmlns='{HTTPBIND}' rid='{self.rid}'{sid} {attrs} "
                 f"xmlns:xmpp='urn:xmpp:xbosh'>{payload}</body>")
         request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "text/xml"})
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        with urllib.request.urlopen(request, timeout=timeout, context=self.context) as answer:
             return ET.fromstring(answer.read())
 
     def create(self, url: str) -> ET.Element:

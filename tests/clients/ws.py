@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import ssl
 import struct
 import xml.etree.ElementTree as ET
 
@@ -15,12 +16,15 @@ FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 
 class WSClient:
     def __init__(self, port: int, path: str = "/xmpp-websocket", host: str = "127.0.0.1",
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
+        """``tls``: speak wss (TLS from the first byte), verifying the certificate for ``server_name``."""
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_name or host)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           f"Sec-WebSocket-Protocol: xmpp\r\n\r\n").encode())
+                           f"Sec-WebSocket-Protocol: xmpp\r\n{self.extra_headers}\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(4096)
@@ -31,6 +35,9 @@ class WSClient:
         if b" 101 " not in status.split(b"\r\n")[0]:
             raise ConnectionError(status.decode(errors="replace"))
         self.buffer = rest
+
+    #: More handshake header lines, each ending in CRLF (a subclass sets e.g. X-Forwarded-For).
+    extra_headers = ""
 
     def send(self, text: str) -> None:
         payload = text.encode()
