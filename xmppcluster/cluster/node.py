@@ -30,6 +30,7 @@ from twisted.words.xish import domish
 
 from xmppcluster.cluster import protocol as wire
 from xmppcluster.cluster.directory import Directory, describe, directed_delta, sync_frames
+from xmppcluster.cluster.events import Events
 from xmppcluster.cluster.link import Link, LinkFactory
 from xmppcluster.config import ClusterNode
 from xmppcluster.namespaces import CLIENT
@@ -70,6 +71,8 @@ class Cluster:
         self.secret = me.secret if me is not None and me.secret else None
         self.links: dict[str, Link] = {}
         self.directory = Directory(self)
+        self.events = Events(self)
+        self.events.on_reset = self._reset_caches
         self.started_at = time.time()
         # Routed messages not yet acknowledged, per link: (number, serialized stanza, session JID, the node of
         # that session: this link's peer, or the node it relays to). Kept as text, not
@@ -183,6 +186,7 @@ class Cluster:
             if peer not in self.links and peer not in self._connecting and not self.should_accept(peer):
                 self._connect(peer)
         self._judge()
+        self.events.flush_all()  # through a relay that appeared, for a peer without a link
         defer.ensureDeferred(self._publish_and_refresh()).addErrback(
             lambda f: log.failure("cluster membership update failed", f))
         self._sweeper = self.clock.callLater(self.heartbeat_interval, self._sweep)
@@ -226,6 +230,7 @@ class Cluster:
         self._outbox[peer] = deque()
         local = [s for s in self.server.sessions if s.node is None]
         self.directory.begin_sync(peer)
+        link.send(self.events.resync_frame(peer))
         self._send_sync(link, sync_frames(local, self._live))
         for body, jid, keep in self._waiting.pop(peer, []):
             self._route_body(peer, body, jid, keep)
@@ -237,6 +242,7 @@ class Cluster:
         if peer is None or self.links.get(peer) is not link:
             return
         del self.links[peer]
+        self.events.link_lost(peer, self.failure_timeout)
         unacked = [(body, jid, node) for _, body, jid, node in self._outbox.pop(peer, ())]
         if not self._stopping:
             log.warn("cluster: link to {peer} down: {why}", peer=peer, why=why)
@@ -362,7 +368,12 @@ class Cluster:
         elif name == "kick":
             self._kick(element.getAttribute("jid") or "", element.getAttribute("condition") or "conflict")
         elif name == "event":
-            self.server.hooks.fire(f"remote/{element.getAttribute('name')}", element)
+            if self.events.accept(element):
+                self.server.hooks.fire(f"remote/{element.getAttribute('name')}", element)
+        elif name == "resync":
+            self.events.resync(peer, element)
+        elif name == "reset":
+            self.events.reset(element)
         elif name == "relay":
             target = element.getAttribute("node")
             inner = next(element.elements(), None)
@@ -426,6 +437,18 @@ class Cluster:
     def _live(self, session: Session) -> bool:
         return self.server.sessions.get(session.bare, session.resource) is session
 
+    def event_path(self, node: str) -> Any:
+        """How to send a control element to ``node`` now: its link's ``send``, a relay through a peer that
+        reaches it, or None."""
+        link = self.links.get(node)
+        if link is not None:
+            return link.send
+        relay = self._relay_for(node)
+        if relay is None:
+            return None
+        head = f"<relay node={quoteattr(node)}>".encode()
+        return lambda xml: relay.send(head + xml + b"</relay>")
+
     def send_event(self, node: str, xml: str) -> None:
         link = self.links.get(node)
         if link is not None:
@@ -479,15 +502,14 @@ class Cluster:
         return True
 
     def _roster_changed(self, owner: str, contact: str) -> bool:
-        self.broadcast(f"<event name='roster/changed' owner={quoteattr(owner)} "
-                       f"contact={quoteattr(contact)}/>".encode())
+        self.events.publish("roster/changed", {"owner": owner, "contact": contact})
         return False
 
     def _blocking_changed(self, owner: str, added: list[str], removed: list[str]) -> bool:
         """Peers forget their cached blocklist of ``owner`` and push the change to their resources of it."""
         items = "".join(f"<block jid={quoteattr(jid)}/>" for jid in added)
         items += "".join(f"<unblock jid={quoteattr(jid)}/>" for jid in removed)
-        self.broadcast(f"<event name='blocking/changed' owner={quoteattr(owner)}>{items}</event>".encode())
+        self.events.publish("blocking/changed", {"owner": owner}, items)
         return False
 
     def _remote_roster_changed(self, element: domish.Element) -> bool:
@@ -503,6 +525,14 @@ class Cluster:
                     changes[child.name].append(child["jid"])
             module.pushed_elsewhere(element.getAttribute("owner") or "", changes["block"], changes["unblock"])
         return True
+
+    def _reset_caches(self, why: str) -> None:
+        """Cache events may have been lost: forget every cached roster and blocklist (reloaded on next use)."""
+        log.info("cluster: cached rosters and blocklists dropped ({why})", why=why)
+        for name in ("jabber:iq:roster", "urn:xmpp:blocking"):
+            module = self.server.modules.get(name)
+            if module is not None:
+                module.invalidate_all()
 
     def _invalidate(self, module_name: str, element: domish.Element) -> bool:
         module = self.server.modules.get(module_name)

@@ -110,6 +110,10 @@ class Blocking(Module):
         """Forget the cached blocklist of ``bare`` (e.g. changed on another cluster node)."""
         self._lists.pop(bare, None)
 
+    def invalidate_all(self) -> None:
+        """Forget every cached blocklist (changes made elsewhere may have been missed)."""
+        self._lists.clear()
+
     def _remember(self, bare: str, items: frozenset[str]) -> None:
         self._lists[bare] = items
         self._lists.move_to_end(bare)

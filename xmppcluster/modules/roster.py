@@ -136,6 +136,10 @@ class RosterModule(Module):
         """Forget the cached roster of ``bare`` (it changed elsewhere, e.g. on another cluster node)."""
         self._cache.pop(bare, None)
 
+    def invalidate_all(self) -> None:
+        """Forget every cached roster (changes made elsewhere may have been missed)."""
+        self._cache.clear()
+
     def may_see_presence(self, owner: str, who: str) -> Deferred:
         """True (in a Deferred) when ``who`` is subscribed to ``owner``'s presence ('from' or 'both')."""
 
