@@ -44,9 +44,10 @@ class ClusterFixture:
     def ca_file(self) -> str:
         return os.path.join(self.directory, "ca.pem")
 
-    def start(self, name: str, *, wait: bool = True) -> Node:
+    def start(self, name: str, *, wait: bool = True, env: dict[str, str] | None = None) -> Node:
+        """Start node ``name`` (``env``: extra environment variables for its process)."""
         node = self.nodes[name]
-        node.process = Twistd(self.directory, node.config, f"--node-name={name}", name=name)
+        node.process = Twistd(self.directory, node.config, f"--node-name={name}", name=name, env=env)
         if wait:
             wait_for_port(node.ports["c2s"], process=node.process)
         return node

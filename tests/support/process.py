@@ -32,13 +32,15 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1", pro
 class Twistd:
     """One server process with its own working directory and log file."""
 
-    def __init__(self, directory: str, config_path: str, *args: str, name: str = "twistd") -> None:
+    def __init__(self, directory: str, config_path: str, *args: str, name: str = "twistd",
+                 env: dict[str, str] | None = None) -> None:
         self.directory = directory
         self.log_path = os.path.join(directory, f"{name}.log")
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "xmppcluster", "--config", config_path, *args],
-            cwd=directory, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
+            cwd=directory, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
 
     def output(self) -> str:
         if not self.log.closed:

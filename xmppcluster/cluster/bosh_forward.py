@@ -65,14 +65,17 @@ class ForwardedExchange(Exchange):
 
 
 class _Forwarded:
-    """A request sent (or to be sent) to its owner node, until its answer comes."""
+    """A request sent (or to be sent) to its owner node, until its answer comes. Each sending has a new
+    number: an answer to an earlier sending (e.g. the recoverable error the owner gives the request this
+    sending replaces) is not this request's answer."""
 
-    __slots__ = ("node", "exchange", "xml", "timer")
+    __slots__ = ("node", "exchange", "request", "number", "timer")
 
-    def __init__(self, node: str, exchange: Exchange, xml: str) -> None:
+    def __init__(self, node: str, exchange: Exchange, request: str) -> None:
         self.node = node
         self.exchange = exchange
-        self.xml = xml
+        self.request = request  # the <bosh-req/> after its id attribute
+        self.number = ""
         self.timer: Any = None
 
 
@@ -106,16 +109,22 @@ class BoshForwarder:
         """A new link to ``node``: send what waited for it, and again what the old link may have lost."""
         for forwarded in list(self.waiting.values()):
             if forwarded.node == node:
-                self.cluster.send_event(node, forwarded.xml)
+                self._send(forwarded)
         return False
 
-    def _expired(self, number: str) -> None:
-        forwarded = self.waiting.get(number)
-        if forwarded is not None:
-            forwarded.timer = None
+    def _send(self, forwarded: _Forwarded) -> bool:
+        """(Re)send a request under a new number; False when its owner cannot be reached now."""
+        self.waiting.pop(forwarded.number, None)
+        forwarded.number = str(next(self._numbers))
+        self.waiting[forwarded.number] = forwarded
+        return self.cluster.send_event(forwarded.node, f"<bosh-req id='{forwarded.number}' {forwarded.request}")
+
+    def _expired(self, forwarded: _Forwarded) -> None:
+        forwarded.timer = None
+        if self.waiting.get(forwarded.number) is forwarded:
             log.info("BOSH request forwarded to {node} unanswered after {t:g} s: recoverable error",
                      node=forwarded.node, t=self.timeout)
-            self._answer(number, render_body({"type": "error"}))
+            self._answer(forwarded.number, render_body({"type": "error"}))
 
     def _answer(self, number: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE, status: int = 200) -> None:
         forwarded = self.waiting.pop(number, None)
@@ -132,12 +141,11 @@ class BoshForwarder:
         node = self.owner(sid)
         if node is None:
             return False
-        number = str(next(self._numbers))
-        forwarded = _Forwarded(node, exchange, f"<bosh-req id='{number}' secure='{int(secure)}' "
-                                               f"peer={quoteattr(peer)}>{body.toXml()}</bosh-req>")
-        forwarded.timer = self.cluster.clock.callLater(self.timeout, self._expired, number)
-        self.waiting[number] = forwarded
-        self.cluster.send_event(node, forwarded.xml)  # unreachable now: sent when its link is up (_node_up)
+        forwarded = _Forwarded(node, exchange, f"secure='{int(secure)}' peer={quoteattr(peer)}>"
+                                               f"{body.toXml()}</bosh-req>")
+        forwarded.timer = self.cluster.clock.callLater(self.timeout, self._expired, forwarded)
+        if not self._send(forwarded):
+            log.info("BOSH request for a session of {node} waits for {node} (unreachable)", node=node)
         return True
 
     def _request(self, node: str, element: domish.Element) -> bool:

@@ -449,14 +449,17 @@ class Cluster:
         head = f"<relay node={quoteattr(node)}>".encode()
         return lambda xml: relay.send(head + xml + b"</relay>")
 
-    def send_event(self, node: str, xml: str) -> None:
+    def send_event(self, node: str, xml: str) -> bool:
+        """Send a control element to ``node``, directly or relayed; False when it cannot be reached now."""
         link = self.links.get(node)
         if link is not None:
             link.send(xml.encode())
         else:
             relay = self._relay_for(node)
-            if relay is not None:
-                relay.send(f"<relay node={quoteattr(node)}>{xml}</relay>".encode())
+            if relay is None:
+                return False
+            relay.send(f"<relay node={quoteattr(node)}>{xml}</relay>".encode())
+        return True
 
     def _relay_for(self, node: str) -> Link | None:
         """A live peer that reports a link to ``node``."""
