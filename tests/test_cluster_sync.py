@@ -1,17 +1,25 @@
-"""The replicated directory in process: chunked ``<sync>``, directed-presence deltas, the Lamport order of binds.
+"""The replicated directory: chunked ``<sync>``, directed-presence deltas, the Lamport order of binds.
 
-Two :class:`~xmppcluster.cluster.directory.Directory` objects stand for two nodes; what one sends is parsed with
-the cluster link's limits and handed to the other, as the link would.
+In process, two :class:`~xmppcluster.cluster.directory.Directory` objects stand for two nodes; what one sends
+is parsed with the cluster link's limits and handed to the other, as the link would. Then a real two-node
+cluster whose directory is past the 16 MiB frame limit.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from types import SimpleNamespace
 from unittest import mock
 
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from tests.clients.raw import RawClient
+from tests.support.cluster import DOMAIN, make_cluster, migrate
+from tests.support.cluster_attack import MAX_RTT, under_attack
+from tests.test_cluster import PASSWORD, ClusterTestCase
 from xmppcluster.cluster import protocol as wire
 from xmppcluster.cluster.directory import (
     SYNC_BATCH_BYTES,
@@ -20,9 +28,12 @@ from xmppcluster.cluster.directory import (
     directed_delta,
     sync_frames,
 )
+from xmppcluster.cluster.membership import MembershipStore
 from xmppcluster.sessions import Session, SessionRegistry
+from xmppcluster.storage import open_storage
 from xmppcluster.xml import parse_element
 
+T1, T2 = "t1.example.com", "t2.example.com"
 PRESENCE = ("<presence xmlns='jabber:client'><show>away</show><status>in a meeting until three, then at the "
             "station</status><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
             "node='https://conversations.im' ver='Nt0lhHWZDwKCqJ6CFMxNPOqvALc='/></presence>")
@@ -199,3 +210,70 @@ class LogicalOrderTests(TestCase):
         self.assertIs(t2.server.sessions.get("alice@example.com", "same"), second)
         self.assertEqual([node for node, xml in t2.kicks if "kick" in xml], [t1.name])
         self.assertEqual(t2.directory.count(t1.name), 0)
+
+
+class LargeDirectoryTests(ClusterTestCase):
+    """H3 against real nodes: t1 holds more than 16 MiB of sessions when t2 starts. One <sync> of them was
+    past the frame limit, so the link to t2 never carried t1's directory; now it goes in bounded frames while
+    a client on t1 keeps pinging it."""
+
+    timeout = 180
+    sessions = 70
+    status = 250_000  # a presence near --max-stanza-size (262144 bytes): 70 of them are 17.5 MB
+
+    async def setUp(self) -> None:
+        self.cluster = make_cluster(self, 2)
+        await migrate(self.cluster)
+        users = [f"user{i}@{DOMAIN}" for i in range(self.sessions)]
+        await self.cluster.add_users(*users, f"pinger@{DOMAIN}", password=PASSWORD)
+        self.cluster.start(T1)
+        self.clients = await deferToThread(self.log_in_heavy, self.sessions)
+
+    def log_in_heavy(self, count: int) -> list[RawClient]:
+        clients = []
+        for i in range(count):
+            client = self.client(T1, f"user{i}", "big", priority=None)
+            client.raw.settimeout(30)
+            client.send(f"<presence><status>{'x' * self.status}</status></presence>")
+            client.until("{jabber:client}presence")  # its own, back: t1 holds it
+            clients.append(client)
+        return clients
+
+    async def known_on_t2(self) -> int:
+        storage = await open_storage(self.cluster.db_uri)
+        try:
+            rows = {row.name: row for row in await MembershipStore(storage.db).rows()}
+        finally:
+            await storage.close()
+        return rows[T2].links.get(T1, 0) if T2 in rows else 0
+
+    async def test_a_node_with_more_than_16_mib_of_sessions_forms_its_link(self) -> None:
+        expected = self.sessions + 1  # and the pinger
+
+        def start_t2() -> None:
+            self.cluster.start(T2)
+            self.wait_linked(T2)
+
+        async def attack() -> int:
+            await deferToThread(start_t2)
+            for _ in range(200):  # rows are refreshed every heartbeat (0.2 s)
+                known = await self.known_on_t2()
+                if known >= expected:
+                    return known
+                await deferToThread(time.sleep, 0.1)
+            return known
+
+        def attack_in_thread() -> int:
+            from twisted.internet import reactor
+            from twisted.internet.threads import blockingCallFromThread
+
+            return blockingCallFromThread(reactor, lambda: ensureDeferred(attack()))
+
+        known, rtts = await under_attack(self.cluster, attack_in_thread, {T1: "pinger"}, PASSWORD)
+        self.assertEqual(known, expected, f"t2 knows {known} of t1's sessions\n{self.cluster.log(T2)[-2000:]}")
+        sent = re.findall(r"directory sent to t2\.example\.com in (\d+) frames \(largest (\d+) bytes\)",
+                          self.cluster.log(T1))
+        frames, largest = map(int, sent[-1])
+        self.assertGreaterEqual(frames, self.sessions // 4)
+        self.assertLess(largest, SYNC_BATCH_BYTES + self.status + 1024)
+        self.assertLess(max(rtts[T1]), MAX_RTT, f"t1's ping round trips meanwhile {sorted(rtts[T1])[-5:]}")
