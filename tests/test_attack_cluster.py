@@ -312,3 +312,66 @@ class BoshForwardingTests(ClusterAttackCase):
             bodies = [r.find(BODY).text for r in await deferToThread(web.children, self.bosh_url(T2), "message")]
         self.assertEqual(bodies, ["answer"])
 
+
+
+class SecretTests(ClusterAttackCase):
+    """t1 reads the node secrets from files (nothing secret in its config or command line); t2 gets them on
+    its command line, visible in ps: it links all the same, and says so once at start (Low)."""
+
+    def make(self) -> ClusterFixture:
+        cluster = make_cluster(self, 2)
+        members = []
+        for name in (T1, T2):
+            path = os.path.join(cluster.directory, f"{name}.secret")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as out:
+                out.write(f"secret-{name}\n")
+            members.append(f"{name}:@{path}:{cluster.ports[name]['cluster']}:127.0.0.1")
+        self.members = {T1: ",".join(members),
+                        T2: ",".join(f"{n}:secret-{n}:{cluster.ports[n]['cluster']}:127.0.0.1" for n in (T1, T2))}
+        for name, node in cluster.nodes.items():
+            with open(node.config) as source:
+                lines = [line for line in source.read().splitlines() if not line.startswith("--cluster-nodes=")]
+            if name == T1:
+                lines.append(f"--cluster-nodes={self.members[T1]}")
+            with open(node.config, "w") as out:
+                out.write("\n".join(lines) + "\n")
+        return cluster
+
+    async def setUp(self) -> None:
+        from tests.support.process import Twistd
+
+        self.cluster = self.make()
+        await migrate(self.cluster)
+        await self.cluster.add_users(f"alice@{DOMAIN}", f"bob@{DOMAIN}", password=PASSWORD)
+        self.cluster.start(T1, wait=False)
+        node = self.cluster.nodes[T2]
+        node.process = Twistd(self.cluster.directory, node.config, f"--node-name={T2}",
+                              f"--cluster-nodes={self.members[T2]}", name=T2)
+        for name in (T1, T2):
+            await deferToThread(self.wait_linked, name)
+
+    async def sessions_known(self, node: str, peer: str) -> int:
+        """How many of ``peer``'s sessions ``node`` knows, from its heartbeat row."""
+        from xmppcluster.cluster.membership import MembershipStore
+        from xmppcluster.storage import open_storage
+
+        storage = await open_storage(self.cluster.db_uri)
+        try:
+            rows = {row.name: row for row in await MembershipStore(storage.db).rows()}
+        finally:
+            await storage.close()
+        return rows[node].links.get(peer, 0) if node in rows else 0
+
+    async def test_secret_files_link_and_command_line_secrets_warn_once(self) -> None:
+        alice = await deferToThread(self.client, T1, "alice", "a")
+        bob = await deferToThread(self.client, T2, "bob", "b")
+        while await self.sessions_known(T1, T2) < 1:  # barrier: t1 knows bob's session (rows every heartbeat)
+            await deferToThread(time.sleep, 0.1)
+        alice.send(f"<message to='bob@{DOMAIN}/b' type='chat' id='m'><body>secret-free</body></message>")
+        got = await deferToThread(bob.until, MESSAGE)
+        self.assertEqual(got.find(BODY).text, "secret-free")
+        warning = "--cluster-nodes on the command line shows the node secrets"
+        self.assertEqual(self.cluster.log(T2).count(warning), 1)
+        self.assertNotIn(warning, self.cluster.log(T1))
+        with open(f"/proc/{self.cluster.nodes[T1].process.process.pid}/cmdline", "rb") as cmdline:
+            self.assertNotIn(b"secret-", cmdline.read())

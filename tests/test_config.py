@@ -405,6 +405,38 @@ class OverrideAndLoadTests(unittest.TestCase):
         self.assertIn("readable by every user", cfg.warnings[-1])
         self.assertEqual(load(self.write("--cluster-nodes=t1.example.com:s3cret\n", 0o600)).warnings, [])
 
+    def test_cluster_secret_from_a_file(self):
+        secret = self.write("  s3cret from a file \nignored second line\n")
+        path = self.write(f"--cluster-nodes=t1.example.com:@{secret}:5277,t2.example.com:other\n", 0o644)
+        cfg = load(path)
+        self.assertEqual([n.secret for n in cfg.cluster_nodes], ["s3cret from a file", "other"])
+        self.assertEqual(cfg.warnings, [f"{path}: contains secrets but is readable by every user (chmod o-r)"])
+        only_files = self.write(f"--cluster-nodes=t1.example.com:@{secret}\n", 0o644)
+        self.assertEqual(load(only_files).warnings, [])  # the file itself holds no secret
+        os.chmod(secret, 0o644)
+        self.assertIn("holds a cluster secret but is readable by every user", load(only_files).warnings[0])
+
+    def test_cluster_secret_file_errors(self):
+        missing = self.mktemp()
+        e = self.assertRaises(ConfigError, parse, f"--cluster-nodes=t1.example.com:@{missing}:5277\n")
+        self.assertIn(f"a readable secret file (cannot read '{missing}'", str(e))
+        self.assertIn(f"@{missing}", str(e))  # the path is shown: it is not the secret
+        empty = self.write("\n")
+        e = self.assertRaises(ConfigError, parse, f"--cluster-nodes=t1.example.com:@{empty}\n")
+        self.assertIn("the file is empty", str(e))
+
+    def test_cluster_secret_on_the_command_line_warns_once(self):
+        path = self.write("--node-name=t1.example.com\n")
+        cfg = load(path, {"--cluster-nodes": "t1.example.com:s3cret,t2.example.com:0ther"})
+        warnings = [w for w in cfg.warnings if "command line" in w]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("name:@/path/to/secret-file", warnings[0])
+        self.assertNotIn("s3cret", " ".join(cfg.warnings))
+        secret = self.write("s3cret\n")
+        quiet = load(path, {"--cluster-nodes": f"t1.example.com:@{secret},t2.example.com"})
+        self.assertEqual([w for w in quiet.warnings if "command line" in w], [])
+        self.assertEqual(load(self.write("--cluster-nodes=t1.example.com:s3cret\n")).warnings, [])
+
     def test_sample_file(self):
         cfg = load(os.path.join(ROOT, "etc", "init.properties"))
         self.assertEqual(cfg.warnings, [])

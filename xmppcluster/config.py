@@ -255,7 +255,8 @@ register(G, "admins", "s", [], "Bare JIDs of server administrators.")
 register(G, "node-name", "S", None, "This node's host name; cluster nodes identify each other by it.",
          default_doc="host's FQDN")
 register(G, "cluster-mode", "B", False, "Run as one node of a cluster (opens the cl-comp listener).")
-register(G, "cluster-nodes", "s", [], "Static cluster members ``name[:secret[:port[:address]]]``, comma-separated.",
+register(G, "cluster-nodes", "s", [], "Static cluster members ``name[:secret[:port[:address]]]``, comma-separated; "
+         "a secret ``@/path`` is read from that file.",
          secret=True)
 register(G, "user-db-uri", "S", DEFAULT_DB_URI,
          "Database: ``sqlite:///PATH`` (single node) or ``postgresql://user:pass@host/db`` (shared by all nodes); "
@@ -592,7 +593,7 @@ def _redact(setting: Setting | None, value: str) -> str:
         items = []
         for item in value.split(","):
             fields = item.split(":", 3)
-            if len(fields) > 1 and fields[1]:
+            if len(fields) > 1 and fields[1] and not fields[1].startswith("@"):  # @path names a file: shown
                 fields[1] = "***"
             items.append(":".join(fields))
         return ",".join(items)
@@ -780,6 +781,7 @@ class _Builder:
     def _cluster_nodes(self) -> list[ClusterNode]:
         canon = (GLOBAL, "cluster-nodes")
         nodes: list[ClusterNode] = []
+        literal = False  # a secret written out (not @file)
         for item in self.get("cluster-nodes"):
             fields = item.split(":", 3)
             name = fields[0].strip().lower()
@@ -787,6 +789,10 @@ class _Builder:
             if not _HOSTNAME.fullmatch(name):
                 raise self.fail(canon, f"name[:secret[:port[:address]]] entries with a host name (bad entry {shown})")
             secret = fields[1] if len(fields) > 1 and fields[1] else None
+            if secret is not None and secret.startswith("@"):
+                secret = self._secret_file(canon, secret[1:])
+            elif secret is not None:
+                literal = True
             port = 5277
             if len(fields) > 2 and fields[2].strip():
                 try:
@@ -801,7 +807,28 @@ class _Builder:
             if any(n.name == name for n in nodes):
                 raise self.fail(canon, f"each node once ({_quote(name)} is listed twice)")
             nodes.append(ClusterNode(name, secret, port, address))
+        entry = self.where.get(canon)
+        if literal and entry is not None and entry.filename == COMMAND_LINE:
+            self.warnings.append("--cluster-nodes on the command line shows the node secrets to every local user "
+                                 "(ps, /proc/<pid>/cmdline): set it in the configuration file, or give each "
+                                 "secret as name:@/path/to/secret-file")
         return nodes
+
+    def _secret_file(self, canon: tuple[str, str], path: str) -> str:
+        """A secret kept in a file (``name:@/path:port``): its first line, surrounding whitespace dropped."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(4096)
+                mode = os.fstat(f.fileno()).st_mode
+        except OSError as e:
+            raise self.fail(canon, f"a readable secret file (cannot read {_quote(path)}: {e.strerror})") from None
+        lines = data.decode("utf-8", "replace").strip().splitlines()
+        secret = lines[0].strip() if lines else ""
+        if not secret:
+            raise self.fail(canon, f"a secret in {_quote(path)} (the file is empty)")
+        if mode & stat.S_IROTH:
+            self.warnings.append(f"{path}: holds a cluster secret but is readable by every user (chmod o-r)")
+        return secret
 
     def _user_db_uri(self) -> str:
         canon = (GLOBAL, "user-db-uri")
@@ -956,7 +983,8 @@ def load(path: str | None, overrides: dict[str, str] | None = None) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 (byte offset {e.start})", filename=path) from None
     config = _parse(text, path, path, overrides)
-    has_secret = any(n.secret for n in config.cluster_nodes) or _redact(
+    nodes = _REGISTRY[(GLOBAL, "cluster-nodes")]
+    has_secret = any(_redact(nodes, item) != item for item in config.get(GLOBAL, "cluster-nodes")) or _redact(
         _REGISTRY[(GLOBAL, "user-db-uri")], config.user_db_uri) != config.user_db_uri
     if has_secret and mode & stat.S_IROTH:
         config.warnings.append(f"{path}: contains secrets but is readable by every user (chmod o-r)")
