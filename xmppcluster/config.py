@@ -296,6 +296,12 @@ register(G, "directed-presence-max", "I", 1000,
          minimum=1, maximum=4096)
 register(G, "offline-max-messages", "I", 1000, "Most offline messages stored per user (0 = no offline storage).",
          minimum=0)
+register(G, "offline-max-bytes", "I", 10485760,
+         "Most bytes of offline messages stored per user (0 = no byte limit); a message that does not fit is "
+         "refused with ``service-unavailable``.", minimum=0)
+register(G, "roster-pending-max-bytes", "I", 1048576,
+         "Most bytes of unanswered subscription requests kept per user (0 = no byte limit); a request that does "
+         "not fit is kept without its payload (status, nick...).", minimum=0)
 register(G, "vcard-max-size", "I", 65536, "Largest vCard stored, in bytes.", minimum=1024)
 for _cm in CONNECTION_MANAGERS:
     register(_cm, "connections/ports", "i", _DEFAULT_PORTS[_cm],

@@ -98,6 +98,7 @@ class OfflineMessages(Module):
     def __init__(self, server: Any) -> None:
         super().__init__(server)
         self.max_messages: int = self.config.get("--", "offline-max-messages")
+        self.max_bytes: int = self.config.get("--", "offline-max-bytes")
         self.store: OfflineStore | None = None
         #: bare JID -> the delivery running for it (one at a time per account on this node)
         self._delivering: dict[str, Deferred] = {}
@@ -190,7 +191,7 @@ class OfflineMessages(Module):
         assert self.store is not None
         try:
             await self.store.store(user, domain, stanza.getAttribute("from") or "", data,
-                                   limit=self.max_messages, now=now)
+                                   limit=self.max_messages, now=now, max_bytes=self.max_bytes)
         except (NoSuchAccount, OfflineQueueFull):
             self.server.router.bounce(stanza, "service-unavailable")
             return False

@@ -25,7 +25,7 @@ from xmppcluster.jid import InvalidJID, parse_jid
 from xmppcluster.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.modules.subscription import State, Transition
-from xmppcluster.storage.roster import Change, RosterFull, RosterItem, RosterStore
+from xmppcluster.storage.roster import Change, PendingTooLarge, RosterFull, RosterItem, RosterStore
 from xmppcluster.storage.roster import Roster as StoredRoster
 
 ROSTER = "jabber:iq:roster"
@@ -74,6 +74,7 @@ class RosterModule(Module):
         super().__init__(server)
         self.store: RosterStore | None = None
         self.max_items: int = self.config.get("--", "roster-max-size")
+        self.max_pending_bytes: int = self.config.get("--", "roster-pending-max-bytes")
         self._cache: dict[str, StoredRoster] = {}
         self._jobs = KeyedQueue()
         self._ids = itertools.count(1)
@@ -164,14 +165,18 @@ class RosterModule(Module):
     # -- writing -------------------------------------------------------------------------------------
 
     async def modify(self, bare: str, contact: str,
-                     fn: Callable[[RosterItem | None, str | None], tuple[RosterItem | None, str | None]]) -> Change:
+                     fn: Callable[[RosterItem | None, str | None], tuple[RosterItem | None, str | None]], *,
+                     pending_quota: bool = True) -> Change:
         """Change one item (and pending request) of ``bare``; cache, pushes and ``roster/changed`` follow.
 
-        Raises :class:`~xmppcluster.storage.roster.RosterFull`. Call inside a job of ``bare``.
+        Raises :class:`~xmppcluster.storage.roster.RosterFull` (:class:`PendingTooLarge` when a pending request
+        would pass ``--roster-pending-max-bytes``, unless ``pending_quota`` is false). Call inside a job of
+        ``bare``.
         """
         assert self.store is not None
         user, domain = split_bare(bare)
-        change = await self.store.modify(user, domain, contact, fn, max_items=self.max_items)
+        change = await self.store.modify(user, domain, contact, fn, max_items=self.max_items,
+                                         max_pending_bytes=self.max_pending_bytes if pending_quota else 0)
         if change.item_changed:
             cached = self._cache.get(bare)
             if cached is not None:
@@ -210,7 +215,13 @@ class RosterModule(Module):
                     f"<presence xmlns='jabber:client' type='subscribe' from='{contact}' to='{bare}'/>")
             return new_item, new_pending
 
-        change = await self.modify(bare, contact, fn)
+        try:
+            change = await self.modify(bare, contact, fn)
+        except PendingTooLarge:
+            # Past the byte quota of pending requests: keep this one without its payload (status, nick...),
+            # which the count limit (--roster-max-size) bounds. The contact's request is never lost to bytes.
+            request = None
+            change = await self.modify(bare, contact, fn, pending_quota=False)
         return change, outcome[-1]
 
     def push(self, bare: str, contact: str, item: RosterItem | None, version: int) -> None:

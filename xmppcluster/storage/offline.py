@@ -17,7 +17,7 @@ from xmppcluster.storage.errors import NoSuchAccount, StorageError
 
 
 class OfflineQueueFull(StorageError):
-    """The account already holds the maximum number of offline messages."""
+    """The account already holds the maximum number (or bytes) of offline messages."""
 
 
 @dataclass(frozen=True)
@@ -42,22 +42,25 @@ class OfflineStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def store(self, user: str, domain: str, sender: str, stanza: bytes, *, limit: int, now: int) -> int:
+    async def store(self, user: str, domain: str, sender: str, stanza: bytes, *, limit: int, now: int,
+                    max_bytes: int = 0) -> int:
         """Append ``stanza`` to the queue of ``user@domain``; returns its sequence number.
 
         Raises :class:`NoSuchAccount` for an unknown account and :class:`OfflineQueueFull` when the queue
-        already holds ``limit`` messages.
+        already holds ``limit`` messages, or when ``stanza`` would take it past ``max_bytes`` (0: no limit).
         """
         blob = self.db.blob(stanza)
 
         def txn(cursor: Cursor) -> int:
             if not lock_account(cursor, user, domain):
                 raise NoSuchAccount(f"no such user {user}@{domain}")
-            count, top = cursor.execute(
-                "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM offline_messages WHERE domain = ? AND username = ?",
-                (domain, user)).fetchone()
+            count, top, size = cursor.execute(
+                "SELECT COUNT(*), COALESCE(MAX(seq), 0), COALESCE(SUM(LENGTH(stanza)), 0) FROM offline_messages"
+                " WHERE domain = ? AND username = ?", (domain, user)).fetchone()
             if int(count) >= limit:
                 raise OfflineQueueFull(f"offline queue of {user}@{domain} is full ({limit})")
+            if max_bytes and int(size) + len(stanza) > max_bytes:
+                raise OfflineQueueFull(f"offline queue of {user}@{domain} is full ({max_bytes} bytes)")
             seq = int(top) + 1
             cursor.execute(
                 "INSERT INTO offline_messages (domain, username, seq, stored_at, sender, stanza)"

@@ -57,6 +57,10 @@ class RosterFull(Exception):
     """The change would add an item (or a pending request) beyond the configured maximum."""
 
 
+class PendingTooLarge(RosterFull):
+    """The pending request would take the account's pending requests past their byte quota."""
+
+
 #: fn(item, pending stanza) -> (new item or None, new pending stanza or None); runs in a database thread.
 Modifier = Callable[[RosterItem | None, str | None], tuple[RosterItem | None, str | None]]
 
@@ -107,14 +111,16 @@ class RosterStore:
         return dict(rows)
 
     async def modify(self, user: str, domain: str, contact: str, fn: Modifier, *,
-                     max_items: int | None = None) -> Change:
+                     max_items: int | None = None, max_pending_bytes: int = 0) -> Change:
         """Apply ``fn`` to one contact's item and pending request in one transaction; bump the version if the
-        item changed. :class:`RosterFull` when an item or pending request would be added beyond ``max_items``."""
-        return await self.db.interaction(self._modify, user, domain, contact, fn, max_items)
+        item changed. :class:`RosterFull` when an item or pending request would be added beyond ``max_items``;
+        :class:`PendingTooLarge` when a new or changed pending request would take the account's pending
+        requests past ``max_pending_bytes`` UTF-8 bytes (0: no limit)."""
+        return await self.db.interaction(self._modify, user, domain, contact, fn, max_items, max_pending_bytes)
 
     @staticmethod
     def _modify(cursor: Cursor, user: str, domain: str, contact: str, fn: Modifier,
-                max_items: int | None) -> Change:
+                max_items: int | None, max_pending_bytes: int = 0) -> Change:
         key = (domain, user)
         if cursor.dialect == POSTGRESQL:
             cursor.execute("INSERT INTO roster_versions (domain, username, version) VALUES (?, ?, 0)"
@@ -150,6 +156,8 @@ class RosterStore:
             cursor.execute("UPDATE roster_versions SET version = ? WHERE domain = ? AND username = ?",
                            (version, *key))
         if pending_after != pending_before:
+            if pending_after is not None and max_pending_bytes:
+                _check_pending_bytes(cursor, key, contact, pending_after, max_pending_bytes)
             if pending_after is None:
                 cursor.execute("DELETE FROM roster_pending WHERE domain = ? AND username = ? AND contact = ?",
                                (*key, contact))
@@ -161,6 +169,15 @@ class RosterStore:
                 cursor.execute("UPDATE roster_pending SET stanza = ? WHERE domain = ? AND username = ? AND contact = ?",
                                (pending_after, *key, contact))
         return Change(contact, before, after, pending_before, pending_after, version)
+
+
+def _check_pending_bytes(cursor: Cursor, key: tuple[str, str], contact: str, stanza: str, limit: int) -> None:
+    """Raise :class:`PendingTooLarge` when ``stanza`` and the account's other pending requests pass ``limit``."""
+    size = "OCTET_LENGTH(stanza)" if cursor.dialect == POSTGRESQL else "LENGTH(CAST(stanza AS BLOB))"
+    used = cursor.execute(f"SELECT COALESCE(SUM({size}), 0) FROM roster_pending"
+                          " WHERE domain = ? AND username = ? AND contact <> ?", (*key, contact)).fetchone()[0]
+    if int(used) + len(stanza.encode("utf-8")) > limit:
+        raise PendingTooLarge(f"pending requests would hold more than {limit} bytes")
 
 
 def _check_room(cursor: Cursor, table: str, key: tuple[str, str], max_items: int | None) -> None:
