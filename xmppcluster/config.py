@@ -293,7 +293,7 @@ register(G, "sm-plugins", "s", [], "Enable (``+name``) or disable (``-name``) se
 register(G, "roster-max-size", "I", 1000, "Most contacts in one roster.", minimum=1)
 register(G, "directed-presence-max", "I", 1000,
          "Most JIDs one resource may have sent directed presence to at once (more: ``<policy-violation/>``).",
-         minimum=1, maximum=4096)
+         minimum=1, maximum=2000)
 register(G, "offline-max-messages", "I", 1000, "Most offline messages stored per user (0 = no offline storage).",
          minimum=0)
 register(G, "offline-max-bytes", "I", 10485760,
