@@ -283,12 +283,23 @@ register(G, "client-rate-limit", "I", 262144,
          "slowly, never dropped (0 = no limit).", minimum=0)
 register(G, "client-rate-burst", "I", 1048576, "Bytes a client may send at once above the rate limit.",
          minimum=0)
-register(G, "scram-iterations", "I", 4096, "PBKDF2 iterations for newly stored SCRAM credentials.",
+register(G, "scram-iterations", "I", 10000, "PBKDF2 iterations for newly stored SCRAM credentials.",
          minimum=4096, maximum=10_000_000)
 register(G, "auth-failure-delay", "F", 1.0, "Seconds of delay after a failed authentication (doubles per failure).",
          minimum=0)
 register(G, "auth-failure-max-delay", "F", 30.0, "Upper bound of the failed-authentication delay, in seconds.",
          minimum=0)
+register(G, "max-connections-per-ip", "I", 100,
+         "Concurrent client connections from one address (IPv6: one /64) on the c2s, BOSH and WebSocket ports "
+         "together; trusted proxies are exempt (0 = unlimited).", minimum=0)
+register(G, "trusted-proxies", "s", ["127.0.0.1", "::1"],
+         "Reverse proxies (addresses or networks) whose client-address and scheme headers are believed on the "
+         "BOSH and WebSocket ports; exempt from the per-address limits.")
+register(G, "trusted-proxy-header", "S", "x-forwarded",
+         "What trusted proxies send: ``x-forwarded`` (X-Forwarded-For and X-Forwarded-Proto) or "
+         "``forwarded`` (RFC 7239).", choices=("x-forwarded", "forwarded"))
+register(G, "secure-loopback", "B", True,
+         "A client whose address is loopback counts as encrypted (PLAIN offered, ``tls-required`` met).")
 register(G, "sm-plugins", "s", [], "Enable (``+name``) or disable (``-name``) session-manager modules.")
 register(G, "roster-max-size", "I", 1000, "Most contacts in one roster.", minimum=1)
 register(G, "directed-presence-max", "I", 1000,
@@ -342,10 +353,14 @@ register("bosh", "max-body-size", "I", 524288, "Largest request body, in bytes (
 register("bosh", "max-sessions-per-ip", "I", 100, "Concurrent sessions from one IP address (0 = unlimited).",
          minimum=0)
 register("bosh", "cors-allow-origins", "s", ["*"], "Origins allowed by CORS (``*`` = any).")
+register("bosh", "consider-secure", "B", False,
+         "Treat every request on the BOSH ports as encrypted (TLS ends at a proxy that sends no scheme header).")
 register("ws2s", "allowed-origins", "s", ["*"], "Origins allowed to open a WebSocket (``*`` = any).")
 register("ws2s", "ping-interval", "I", 30, "Seconds between WebSocket pings on an idle connection (0 = off).",
          minimum=0)
 register("ws2s", "idle-timeout", "I", 600, "Seconds without traffic before a WebSocket is closed.", minimum=1)
+register("ws2s", "consider-secure", "B", False,
+         "Treat every WebSocket on the ws2s ports as encrypted (TLS ends at a proxy that sends no scheme header).")
 del G
 
 
@@ -719,6 +734,12 @@ class _Builder:
         if self.get("auth-failure-max-delay") < self.get("auth-failure-delay"):
             raise self.fail(g + ("auth-failure-max-delay",),
                             f"a value >= --auth-failure-delay ({self.get('auth-failure-delay')})")
+        for item in self.get("trusted-proxies"):
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise self.fail(g + ("trusted-proxies",), f"IP addresses or networks like 10.0.0.0/8 "
+                                                          f"(bad element {_quote(item)})") from None
         if self.get("max-body-size", "bosh") < self.get("max-stanza-size"):
             raise self.fail(("bosh", "max-body-size"), f"a value >= --max-stanza-size ({self.get('max-stanza-size')})")
         listeners = _compute_listeners(self.values, cluster_mode, self.fail, self.warnings)

@@ -204,7 +204,7 @@ class Plain(Mechanism):
     async def _complete_credentials(self, user: str, password: str, iterations: int) -> None:
         """An account with SCRAM-SHA-1 keys only (e.g. imported from Prosody) gets new keys for both
         mechanisms now that the password is known: a fresh salt, and never fewer PBKDF2 iterations than
-        it had (Prosody uses 10,000; ``--scram-iterations`` defaults to 4,096). A failure here never fails
+        it had (Prosody uses 10,000, like ``--scram-iterations`` by default). A failure here never fails
         the login."""
         store = getattr(self.ctx.credentials, "set_password", None)
         if store is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import task
@@ -34,6 +35,8 @@ from xmppcluster.auth.mechanisms import (
     MechanismTooWeak,
     Plain,
     SASLFailure,
+    Success,
+    prep_username,
 )
 from xmppcluster.auth.scram import ScramMechanism, unb64
 from xmppcluster.auth.throttle import AuthThrottle
@@ -60,9 +63,16 @@ SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
 BINDING_PREFERENCE = ("tls-exporter", "tls-unique", "tls-server-end-point")
 #: Largest decoded SASL payload accepted; SCRAM and PLAIN messages are far smaller.
 MAX_DATA = 8192
-#: Failures that are neither counted nor delayed: the client gave up, or our storage did.
-UNTHROTTLED = frozenset({"aborted", "temporary-auth-failure"})
+#: Failures that are neither counted nor delayed: the client gave up, our storage did, or no password was
+#: looked at because the hop is not encrypted.
+UNTHROTTLED = frozenset({"aborted", "temporary-auth-failure", "encryption-required"})
+#: The text of ``<encryption-required/>`` when the domain requires an encrypted hop (``tls-required``).
+TLS_REQUIRED_TEXT = ("this domain requires an encrypted connection before authentication: use STARTTLS, "
+                     "direct TLS, https:// or wss://")
+#: The text of ``<temporary-auth-failure/>`` when the throttle refuses a check (too many recent failures).
+THROTTLED_TEXT = "too many failed attempts for this account or address: try again later"
 
+XML_NS = "http://www.w3.org/XML/1998/namespace"
 _MECHANISM_NAME = re.compile(r"[A-Z0-9_-]{1,20}")
 #: Fake-salt secret for unknown accounts when none is configured (one per process; pass a cluster-wide one).
 _PROCESS_SECRET = os.urandom(32)
@@ -88,6 +98,8 @@ class SASLServer:
         channel: ChannelInfo,
         peer: str,
         throttle: AuthThrottle,
+        require_encryption: bool = False,
+        log_allowed: Callable[[str], bool] | None = None,
         allow_anonymous: bool = False,
         allow_plain: bool = True,
         clock: IReactorTime | None = None,
@@ -104,6 +116,10 @@ class SASLServer:
         self.throttle = throttle
         self.allow_anonymous = allow_anonymous
         self.allow_plain = allow_plain
+        #: The domain requires an encrypted hop (``tls-required``): on any other, every mechanism fails.
+        self.require_encryption = require_encryption
+        #: Whether a failure line about this peer may be written at info (else debug): a per-address budget.
+        self.log_allowed = log_allowed
         self.failures = 0
         self._clock = clock
         self._log = log or _log
@@ -158,7 +174,7 @@ class SASLServer:
                 data = _decode(element) or b""
             else:
                 raise SASLFailure("malformed-request")
-            outcome = await self._mechanism.step(data)
+            outcome = await self._step(data)
         except SASLFailure as failure:
             return await self._failed(label, failure)
         except Exception:
@@ -177,7 +193,22 @@ class SASLServer:
         reply = _element("success", outcome.data)
         return SASLResult(reply, done=True, user=outcome.user, anonymous=outcome.anonymous)
 
+    async def _step(self, data: bytes | None) -> Challenge | Success:
+        """Run the mechanism's next step; one that checks a password first waits for the throttle's slot."""
+        mechanism = self._mechanism
+        assert mechanism is not None
+        checks, user = _password_check(mechanism, data)
+        if checks:
+            wait = self.throttle.admit(self.peer, f"{user}@{self.domain}" if user else None)
+            if wait is None:
+                raise Throttled("temporary-auth-failure", user)
+            if wait > 0:
+                await task.deferLater(self._clock, wait, lambda: None)
+        return await mechanism.step(data)
+
     def _start(self, name: str | None) -> Mechanism:
+        if self.require_encryption and not self.channel.secure:
+            raise SASLFailure("encryption-required")
         if name == "PLAIN" and self.allow_plain and not self.channel.secure:
             raise SASLFailure("encryption-required")
         if name is None or name not in self.mechanisms():
@@ -192,7 +223,8 @@ class SASLServer:
         self._mechanism = None
         self.failures += 1
         account = f"{failure.user}@{self.domain}" if failure.user else None
-        self._log.info(
+        emit = self._log.info if self.log_allowed is None or self.log_allowed(self.peer) else self._log.debug
+        emit(
             "SASL {mechanism} failure ({condition}) for {account} from {peer}",
             mechanism=label, condition=failure.condition, account=account or "-", peer=self.peer,
         )
@@ -203,7 +235,31 @@ class SASLServer:
                 await task.deferLater(self._clock, delay, lambda: None)
         reply = domish.Element((NS_SASL, "failure"))
         reply.addElement(failure.condition)
+        if failure.condition == "encryption-required" and self.require_encryption and not self.channel.secure:
+            reply.addElement("text", content=TLS_REQUIRED_TEXT)[(XML_NS, "lang")] = "en"
+        elif isinstance(failure, Throttled):
+            reply.addElement("text", content=THROTTLED_TEXT)[(XML_NS, "lang")] = "en"
         return SASLResult(reply, done=True)
+
+
+class Throttled(SASLFailure):
+    """The throttle refused to check this attempt (its slot was too far away): ``temporary-auth-failure``."""
+
+
+def _password_check(mechanism: Mechanism, data: bytes | None) -> tuple[bool, str | None]:
+    """Whether ``mechanism.step(data)`` checks a password or proof, and the prepared localpart if known."""
+    if isinstance(mechanism, Plain):
+        if data is None:
+            return False, None
+        parts = data.split(b"\0")
+        if len(parts) != 3:
+            return True, None
+        try:
+            return True, prep_username(parts[1].decode("utf-8"))
+        except (UnicodeDecodeError, SASLFailure):
+            return True, None
+    user = getattr(mechanism, "proving", None)  # SCRAM, once its client-first message is in
+    return user is not None, user
 
 
 def _decode(element: domish.Element) -> bytes | None:

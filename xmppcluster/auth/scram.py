@@ -145,6 +145,11 @@ class ScramMechanism(Mechanism):
         self._server_nonce = server_nonce or new_server_nonce()
         self._state = "start"
 
+    @property
+    def proving(self) -> str | None:
+        """The account (prepared localpart) whose proof the next step checks, once the client-first is in."""
+        return self._user if self._state == "final" else None
+
     async def step(self, data: bytes | None) -> Challenge | Success:
         if self._state == "start":
             if data is None:

@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from xmppcluster import namespaces as ns
+from xmppcluster.auth.throttle import peer_key
 from xmppcluster.jid import InvalidJID, parse_jid
 from xmppcluster.streams.bosh_session import (
     BOSH_VERSION,
@@ -35,6 +36,8 @@ from xmppcluster.streams.bosh_session import (
     render_body,
 )
 from xmppcluster.streams.core import StreamHeader
+from xmppcluster.streams.peers import ClientOrigin, client_policy
+from xmppcluster.streams.throttle import log_budget
 from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
@@ -92,7 +95,7 @@ class BoshSessions:
         self.settings = settings or BoshSettings.from_config(server.config)
         self.sessions: dict[str, BoshSession] = {}
         self.per_ip: Counter[str] = Counter()
-        self._owners: dict[str, str] = {}
+        self._owners: dict[str, str | None] = {}
 
     def find_session(self, sid: str) -> BoshSession | None:
         """The session with this sid on this node (the seam where a cluster forwards unknown sids)."""
@@ -113,7 +116,9 @@ class BoshSessions:
             raise BoshError("host-unknown", "'to' is not a domain") from None
         if domain.user is not None or domain.resource is not None or not self.server.is_local_domain(domain.host):
             raise BoshError("host-unknown", f"this server does not serve {to}")
-        if settings.max_per_ip and self.per_ip[peer] >= settings.max_per_ip:
+        # Per client address (IPv6: per /64); a trusted proxy that names no client is not limited.
+        key = None if client_policy(self.server).is_trusted_proxy(peer) else peer_key(peer)
+        if key is not None and settings.max_per_ip and self.per_ip[key] >= settings.max_per_ip:
             raise BoshError("policy-violation", "too many sessions from this address")
         # 'route' is deliberately never looked at: this is not a proxy.
         wait = min(number(body, "wait", settings.max_wait), settings.max_wait)
@@ -138,10 +143,13 @@ class BoshSessions:
                               self.server.node_name if settings.send_host else None)
         session.port = getattr(exchange.request.getHost(), "port", None)
         self.sessions[sid] = session
-        self.per_ip[peer] += 1
-        self._owners[sid] = peer
-        log.info("BOSH session {sid} from {peer} ({secure})", sid=sid, peer=peer,
-                 secure="HTTPS" if secure else "HTTP")
+        if key is not None:
+            self.per_ip[key] += 1
+        self._owners[sid] = key
+        # A sid is a bearer token: logs name the session by its first 8 characters only.
+        emit = log.info if log_budget(self.server).allow(peer) else log.debug
+        emit("BOSH session {sid} from {peer} ({secure})", sid=sid[:8], peer=peer,
+             secure="encrypted" if secure else "unencrypted")
         session.start(exchange, StreamHeader(
             to=domain.host, version=body.getAttribute((XBOSH, "version")) or "1.0",
             lang=body.getAttribute((ns.XML, "lang")), frm=body.getAttribute("from")))
@@ -150,10 +158,12 @@ class BoshSessions:
         if self.sessions.get(session.sid) is not session:
             return
         del self.sessions[session.sid]
-        peer = self._owners.pop(session.sid)
-        self.per_ip[peer] -= 1
-        if self.per_ip[peer] <= 0:
-            del self.per_ip[peer]
+        key = self._owners.pop(session.sid)
+        if key is None:
+            return
+        self.per_ip[key] -= 1
+        if self.per_ip[key] <= 0:
+            del self.per_ip[key]
 
     def shutdown(self) -> None:
         """End every session with ``system-shutdown`` (the node is stopping)."""
@@ -199,7 +209,8 @@ class BoshResource(Resource):
         self.xmpp = server
         self.sessions = bosh_sessions(server)
         self.settings = self.sessions.settings
-        self.secure = bool(listener is not None and listener.tls)
+        self.secure = bool(listener is not None and listener.tls)  # TLS on this port
+        self.policy = client_policy(server)
         limits = server.limits
         self._max_elements = limits.max_elements
         self._max_depth = limits.max_depth + 1  # the <body/> wrapper is one more level
@@ -230,16 +241,17 @@ class BoshResource(Resource):
             request.setResponseCode(403)
             return b"Origin not allowed\n"
         exchange = Exchange(request)
+        origin = self.origin(request)
         data = self._read_body(request)
         if data is None:
-            log.info("BOSH request from {peer} refused: body too large", peer=_peer(request))
+            self._refused(origin, "BOSH request from {peer} refused: body too large")
             exchange.reply(_terminal("policy-violation"))
             return NOT_DONE_YET
         try:
             body = parse_element(data, max_bytes=self.settings.max_body, max_elements=self._max_elements * 4,
                                  max_depth=self._max_depth)
         except StreamFault as fault:
-            log.info("BOSH request from {peer} refused: {fault}", peer=_peer(request), fault=str(fault))
+            self._refused(origin, "BOSH request from {peer} refused: {fault}", fault=str(fault))
             exchange.reply(_terminal("bad-request"))
             return NOT_DONE_YET
         if body.uri != HTTPBIND or body.name != "body" or not self._stanza_limits(body):
@@ -248,10 +260,10 @@ class BoshResource(Resource):
         sid = body.getAttribute("sid")
         if sid is None:
             try:
-                self.sessions.create(exchange, body, _peer(request), self.secure)
+                self.sessions.create(exchange, body, origin.address, origin.secure)
             except BoshError as error:
-                log.info("BOSH session refused for {peer}: {condition} {text}", peer=_peer(request),
-                         condition=error.condition, text=error.text)
+                self._refused(origin, "BOSH session refused for {peer}: {condition} {text}",
+                              condition=error.condition, text=error.text)
                 legacy = body.getAttribute("ver") is None
                 exchange.reply(_terminal(error.condition),
                                status=LEGACY_STATUS.get(error.condition, 200) if legacy else 200)
@@ -261,10 +273,10 @@ class BoshResource(Resource):
             from xmppcluster.cluster.bosh_forward import forwarder_of
 
             forwarder = forwarder_of(self.xmpp)
-            if forwarder is None or not forwarder.forward(sid, exchange, body, self.secure, _peer(request)):
+            if forwarder is None or not forwarder.forward(sid, exchange, body, origin.secure, origin.address):
                 exchange.reply(_terminal("item-not-found"))
             return NOT_DONE_YET
-        if session.secure and not self.secure:
+        if session.secure and not origin.secure:
             # XEP-0124 §20.1: a secure session's request over plain HTTP: drop it, keep the session.
             exchange.alive = False
             request.transport.loseConnection()
@@ -273,6 +285,21 @@ class BoshResource(Resource):
         return NOT_DONE_YET
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _refused(self, origin: ClientOrigin, message: str, **fields: Any) -> None:
+        """A refused request: at info while the client's address has log budget left (streams/throttle.py)."""
+        emit = log.info if log_budget(self.xmpp).allow(origin.address) else log.debug
+        emit(message, peer=origin.address, **fields)
+
+    def origin(self, request: Request) -> ClientOrigin:
+        """The client behind ``request`` (a trusted proxy's headers believed) and whether its hop is secure."""
+        headers = request.requestHeaders
+
+        def header(name: str) -> str | None:
+            values = headers.getRawHeaders(name.encode("ascii"))
+            return b",".join(values).decode("latin-1") if values else None
+
+        return self.policy.origin(_peer(request), self.secure, "bosh", header)
 
     def _known_path(self, request: Request) -> bool:
         return request.postpath in ([], [b""])

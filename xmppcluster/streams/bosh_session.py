@@ -473,7 +473,7 @@ class BoshSession:
         if self.final is not None:
             self.manager.remove(self)
             return
-        log.info("BOSH session {sid} ({peer}) inactive: ending it", sid=self.sid, peer=self.peer)
+        log.info("BOSH session {sid} ({peer}) inactive: ending it", sid=self.sid[:8], peer=self.peer)
         self._end("inactivity timeout", notify_core=True)
         self.manager.remove(self)
 
@@ -483,19 +483,19 @@ class BoshSession:
             try:  # a stanza this server serialized: any size it can have is fine here
                 element = parse_element(element, max_bytes=len(element) + 1, max_elements=1 << 30, max_depth=1 << 30)
             except StreamFault:
-                log.warn("BOSH session {sid}: queue full, an unreadable stanza dropped", sid=self.sid)
+                log.warn("BOSH session {sid}: queue full, an unreadable stanza dropped", sid=self.sid[:8])
                 return
         if element.name == "message" and element.uri == ns.CLIENT:
             self.server.router.bounce(element, "recipient-unavailable")
         elif element.name == "iq" and element.getAttribute("type") in ("get", "set"):
             self.server.router.bounce(element, "service-unavailable")
-        log.warn("BOSH session {sid}: {n} stanzas waiting, {name} refused", sid=self.sid,
+        log.warn("BOSH session {sid}: {n} stanzas waiting, {name} refused", sid=self.sid[:8],
                  n=len(self.queue), name=element.name)
 
     # -- termination -------------------------------------------------------------------------------
 
     def _fail(self, condition: str, trigger: Exchange, text: str = "") -> None:
-        log.info("BOSH session {sid} ({peer}): {condition} {text}", sid=self.sid, peer=self.peer,
+        log.info("BOSH session {sid} ({peer}): {condition} {text}", sid=self.sid[:8], peer=self.peer,
                  condition=condition, text=text)
         self.terminate(condition, trigger=trigger, notify_core=True)
 

@@ -24,6 +24,7 @@ from xmppcluster import stanza as stanzas
 from xmppcluster.auth.sasl import ChannelInfo, SASLServer
 from xmppcluster.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.sessions import Session
+from xmppcluster.streams.throttle import log_budget
 from xmppcluster.tls import channel_bindings
 from xmppcluster.xml import parse_element
 
@@ -193,8 +194,8 @@ class ClientStream:
         """End the stream with a stream error (RFC 6120 §4.9)."""
         if self.state == "closed":
             return
-        log.info("c2s stream {id} ({jid}) stream error {condition}: {text}", id=self.id,
-                 jid=self._who(), condition=condition, text=text or "")
+        self._info()("c2s stream {id} ({jid}) stream error {condition}: {text}", id=self.id,
+                     jid=self._who(), condition=condition, text=text or "")
         if self.state == "header":
             # A stream error needs an open stream: answer the header first (RFC 6120 §4.9.1.2).
             self.transport.open_stream({"from": self.domain or next(iter(sorted(self.server.domains)), ""),
@@ -295,6 +296,8 @@ class ClientStream:
                 clock=self.clock,
                 iterations=self.server.config.get("--", "scram-iterations"),
                 secret=self.server.sasl_secret,
+                require_encryption=bool(self.server.config.vhost_option(self.domain, "tls-required")),
+                log_allowed=log_budget(self.server).allow,
             )
         return self._sasl
 
@@ -484,5 +487,12 @@ class ClientStream:
         self.session = None
         if session is not None and self.server.sessions.unbind(session):
             self.server.hooks.fire("session/unbound", session, reason)
-        log.info("c2s stream {id} ({who}, {peer}) closed: {reason}", id=self.id,
-                 who=self._who() if session is None else session.jid, peer=self.transport.peer, reason=reason)
+        self._info()("c2s stream {id} ({who}, {peer}) closed: {reason}", id=self.id,
+                      who=self._who() if session is None else session.jid, peer=self.transport.peer, reason=reason)
+
+    def _info(self) -> Any:
+        """``log.info``; ``log.debug`` for a client that never authenticated once its address's log budget is
+        spent (streams/throttle.py): no unauthenticated client can fill the log."""
+        if self.user is not None or log_budget(self.server).allow(self.transport.peer):
+            return log.info
+        return log.debug

@@ -151,6 +151,10 @@ class ClientConnection(Protocol):
         self.can_starttls = False
 
     def channel_info(self) -> ChannelInfo:
+        from xmppcluster.streams.peers import client_policy
+
+        if not self.secure and client_policy(self.server).stream_secure(self.peer, False):
+            return ChannelInfo(secure=True, bindings={})  # a loopback client (--secure-loopback)
         return tls_channel_info(self.transport, self.secure)
 
     # -- keepalive ------------------------------------------------------------------------------------
@@ -163,6 +167,44 @@ class ClientConnection(Protocol):
         self._sent_since_keepalive = False
         self._keepalive = self.server.clock.callLater(self.server.limits.whitespace_keepalive,
                                                       self._send_keepalive)
+
+
+class CountedConnection(ClientConnection):
+    """A :class:`ClientConnection` holding one lease of the per-address limit (``--max-connections-per-ip``)."""
+
+    def __init__(self, server: XMPPServer, listener: Listener, lease: Any) -> None:
+        super().__init__(server, listener)
+        self.lease = lease
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lease.release()
+        super().connectionLost(reason)
+
+
+class RefusedConnection(Protocol):
+    """A connection over the per-address limit: a ``policy-violation`` stream error, then the close."""
+
+    def __init__(self, server: XMPPServer, peer: str, limit: int) -> None:
+        self.server = server
+        self.peer = peer
+        self.limit = limit
+
+    def connectionMade(self) -> None:
+        from twisted.logger import Logger
+
+        from xmppcluster.streams.core import stream_error
+        from xmppcluster.streams.throttle import log_budget
+
+        log = Logger()
+        domain = next(iter(sorted(self.server.domains)), "")
+        text = f"too many connections from your address (at most {self.limit})"
+        (log.info if log_budget(self.server).allow(self.peer) else log.debug)(
+            "c2s connection from {peer} refused: {text}", peer=self.peer, text=text)
+        self.transport.write(
+            f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}' "
+            f"from={quoteattr(domain)} version='1.0'>".encode()
+            + serialize(stream_error("policy-violation", text)) + _CLOSE)
+        self.transport.loseConnection()
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -179,7 +221,14 @@ class ClientFactory(Factory):
         self.server = server
         self.listener = listener
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        protocol = ClientConnection(self.server, self.listener)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        from xmppcluster.streams.throttle import connection_limit
+
+        peer = getattr(addr, "host", "?")
+        limit = connection_limit(self.server)
+        lease = limit.acquire(peer)
+        if lease is None:
+            return RefusedConnection(self.server, peer, limit.limit)
+        protocol = CountedConnection(self.server, self.listener, lease)
         protocol.factory = self
         return protocol

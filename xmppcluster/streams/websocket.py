@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -36,7 +37,8 @@ from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.serializer import serialize as fast_serialize
 from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
-from xmppcluster.streams.throttle import ReadThrottle
+from xmppcluster.streams.peers import client_policy
+from xmppcluster.streams.throttle import Lease, ReadThrottle, connection_limit, log_budget
 from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
@@ -110,14 +112,20 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
 
     can_starttls = False
     _close_code = CLOSE_NORMAL
+    #: autobahn's own logger: it writes an info line for every refused handshake and a warning for every
+    #: connection a client breaks (bad frame, refused handshake). Those are the client's doing; our own lines
+    #: (per-address budget, streams/throttle.py) say what happened, so autobahn keeps only its errors.
+    log = txaio.make_logger(level="error")
 
     def __init__(self, server: XMPPServer, listener: Listener, settings: WebSocketSettings) -> None:
         super().__init__()
         self.server = server
         self.listener = listener
         self.settings = settings
-        self.secure = listener.tls
+        self.secure = listener.tls  # TLS on this connection
+        self.hop_secure = listener.tls  # the client's hop counts as encrypted (streams/peers.py)
         self.peer_host = "?"
+        self.leases: list[Lease] = []  # of the per-address limit: this connection, the client behind a proxy
         self.stream: ClientStream | None = None
         self.origin: str | None = None
         self._opened = False  # an <open/> started the current stream (reset on restart)
@@ -149,14 +157,35 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def onConnect(self, request: Any) -> str:
         if SUBPROTOCOL not in request.protocols:
             raise ConnectionDeny(400, "the 'xmpp' WebSocket subprotocol is required (RFC 7395)")
+        client = client_policy(self.server).origin(self.peer_host, self.secure, self.listener.component,
+                                                   request.headers.get)
+        proxy, self.peer_host, self.hop_secure = self.peer_host, client.address, client.secure
         if not self.settings.origin_allowed(request.origin):
-            log.info("ws2s: refused WebSocket from {peer}: origin {origin} not allowed", peer=self.peer_host,
-                     origin=request.origin)
+            self._refused("origin {origin} not allowed", origin=request.origin)
             raise ConnectionDeny(403, "origin not allowed")
+        if client.address != proxy:  # behind a trusted proxy: the client it names counts, not the proxy
+            limit = connection_limit(self.server)
+            lease = limit.acquire(client.address)
+            if lease is None:
+                self._refused("more than {limit} connections", limit=limit.limit)
+                raise ConnectionDeny(429, "too many connections from your address")
+            self.leases.append(lease)
         self.origin = request.origin
         return SUBPROTOCOL
 
+    def _refused(self, why: str, **fields: Any) -> None:
+        """One line per refused handshake, at info while the client's address has log budget left."""
+        emit = log.info if log_budget(self.server).allow(self.peer_host) else log.debug
+        emit("ws2s: refused WebSocket from {peer}: " + why, peer=self.peer_host, **fields)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        for lease in self.leases:
+            lease.release()
+        self.leases.clear()
+        super().connectionLost(reason)
+
     def onOpen(self) -> None:
+        # No STARTTLS on WebSocket: a domain's tls-required is enforced by SASL on an unencrypted hop.
         self.stream = ClientStream(self.server, self, tls_required=False, offer_starttls=False)
         clock = self.server.clock
         limits = self.server.limits
@@ -214,7 +243,7 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         # autobahn's hook, called from the frame header: answer in XMPP before closing with 1009.
         # The rest of the message is never buffered: autobahn then drops the connection (after flushing).
-        log.info("ws2s {peer}: {reason}", peer=self.peer_host, reason=reason)
+        log.debug("ws2s {peer}: {reason}", peer=self.peer_host, reason=reason)  # the stream error is logged
         if self.stream is not None and not self._closing:
             self._fail(CLOSE_TOO_BIG, "policy-violation",
                        f"a WebSocket message exceeds the {max_msg_size}-byte limit")
@@ -280,6 +309,8 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         raise NotImplementedError("WebSocket has no STARTTLS; use a TLS (wss) listener")
 
     def channel_info(self) -> ChannelInfo:
+        if self.hop_secure and not self.secure:
+            return ChannelInfo(secure=True, bindings={})  # TLS ended before us: nothing to bind to
         return tls_channel_info(self.transport, self.secure)
 
     # -- internals ------------------------------------------------------------------------------------
@@ -378,6 +409,11 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
     def buildProtocol(self, addr: Any) -> XMPPWebSocketProtocol:
         protocol = XMPPWebSocketProtocol(self.xmpp_server, self.listener, self.settings)
         protocol.factory = self
+        # This WebSocket takes over an HTTP connection: and with it, that connection's per-address lease.
+        key = (self.listener.port, getattr(addr, "host", "?"), getattr(addr, "port", 0))
+        lease = connection_limit(self.xmpp_server).by_connection.pop(key, None)
+        if lease is not None:
+            protocol.leases.append(lease)
         return protocol
 
 
