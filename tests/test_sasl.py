@@ -8,7 +8,7 @@ import hmac
 import os
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 from twisted.words.xish import domish
@@ -113,7 +113,7 @@ class Base(unittest.TestCase):
         return SASLServer(
             domain="example.com", credentials=self.accounts, channel=ChannelInfo(secure, dict(bindings or {})),
             peer="192.0.2.7", throttle=self.throttle, clock=self.clock, log=Logger(observer=self.events.append),
-            secret=self.secret, iterations=ITERATIONS, **kw,
+            secret=self.secret, iterations=ITERATIONS, run_blocking=lambda fn, *args: succeed(fn(*args)), **kw,
         )
 
     def send(self, server, element, advance=True):

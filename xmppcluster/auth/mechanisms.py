@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import hmac
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import jid
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
@@ -100,6 +102,8 @@ class AuthContext:
     channel: ChannelInfo
     secret: bytes  # server secret for the fake salts of unknown accounts
     iterations: int  # iteration count shown for unknown accounts
+    #: Runs a CPU-heavy function (PBKDF2) off the reactor thread: ``await run_blocking(fn, *args)``.
+    run_blocking: Callable[..., Awaitable[Any]] = deferToThread
 
 
 class Mechanism:
@@ -193,7 +197,8 @@ class Plain(Mechanism):
         if credentials is None:  # spend the same PBKDF2 time as for a real account
             credentials = fake_credentials("SCRAM-SHA-256", user, self.ctx)
         try:
-            proven = bool(password) and verify_password(credentials, password) and known
+            # PBKDF2 (--scram-iterations rounds, or more) runs in a thread: never on the reactor.
+            proven = bool(password) and await self.ctx.run_blocking(verify_password, credentials, password) and known
         except ValueError:  # password fails SASLprep
             proven = False
         verdict(user, proven, refusal)

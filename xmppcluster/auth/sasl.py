@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -106,10 +107,13 @@ class SASLServer:
         log: Logger | None = None,
         secret: bytes | None = None,
         iterations: int = DEFAULT_ITERATIONS,
+        run_blocking: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self._ctx = AuthContext(domain, credentials, channel, secret or _PROCESS_SECRET, iterations)
+        if run_blocking is not None:  # PLAIN's PBKDF2 runs in a thread (deferToThread) unless told otherwise
+            self._ctx.run_blocking = run_blocking
         self.domain = domain
         self.channel = channel
         self.peer = peer

@@ -15,7 +15,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
@@ -92,6 +94,15 @@ def tls_channel_info(transport: Any, secure: bool) -> ChannelInfo:
     if not secure:
         return ChannelInfo(secure=False, bindings={})
     return ChannelInfo(secure=True, bindings=channel_bindings(transport))
+
+
+def _run_blocking(clock: Any) -> Any:
+    """How SASL runs PBKDF2: in the reactor's thread pool; inline with a clock that has no threads (tests)."""
+    if IReactorThreads.providedBy(clock):
+        def in_thread(fn: Any, *args: Any) -> Deferred:
+            return deferToThreadPool(clock, clock.getThreadPool(), fn, *args)
+        return in_thread
+    return maybeDeferred
 
 
 def stream_error(condition: str, text: str | None = None) -> domish.Element:
@@ -294,6 +305,7 @@ class ClientStream:
                 throttle=self.server.throttle,
                 allow_anonymous=bool(self.server.config.vhost_option(self.domain, "anon")),
                 clock=self.clock,
+                run_blocking=_run_blocking(self.clock),
                 iterations=self.server.config.get("--", "scram-iterations"),
                 secret=self.server.sasl_secret,
                 require_encryption=bool(self.server.config.vhost_option(self.domain, "tls-required")),
