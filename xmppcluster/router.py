@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 log = Logger()
 
 IQ_REQUEST = frozenset(("get", "set"))
+#: The ``type`` values RFC 6120 §8.2.3 and RFC 6121 §4.7.1 define (None: no attribute, i.e. available).
+IQ_TYPES = frozenset(("get", "set", "result", "error"))
+PRESENCE_TYPES = frozenset((None, "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed",
+                            "probe", "error"))
+# A message of a type it does not know is a normal message (RFC 6121 §5.2.2): messages are not checked.
+
+#: Hook names per stanza kind, from fixed tables: an event name is never built from what a client sent.
+_SERVER_HOOKS = {"message": "message/server", "presence": "presence/server", "iq": "iq/server"}
+_FULL_HOOKS = {"message": "message/full", "presence": "presence/full", "iq": "iq/full"}
 
 
 def _domain_of(stanza: domish.Element, sender: Session | None) -> str | None:
@@ -59,6 +68,12 @@ class Router:
     def route(self, stanza: domish.Element, sender: Session | None = None) -> None:
         """Deliver ``stanza``; its ``from`` is already trustworthy (stamped by the stream core)."""
         name = stanza.name
+        if name not in _FULL_HOOKS:
+            log.warn("not routing a <{name}/>: not a stanza", name=name)
+            return
+        if name != "message" and stanza.getAttribute("type") not in (IQ_TYPES if name == "iq" else PRESENCE_TYPES):
+            self.bounce(stanza, "bad-request", f"unknown {name} type")
+            return
         to = stanza.getAttribute("to")
         if to is None:
             if sender is None:
@@ -94,7 +109,7 @@ class Router:
     def _to_server(self, name: str, stanza: domish.Element, sender: Session | None) -> None:
         if name == "iq":
             self._iq(stanza, "server", sender)
-        elif not self.hooks.fire(f"{name}/server", stanza, sender) and name == "message":
+        elif not self.hooks.fire(_SERVER_HOOKS[name], stanza, sender) and name == "message":
             if stanza.getAttribute("type") not in ("error", "groupchat", "headline"):
                 self.bounce(stanza, "service-unavailable")
 
@@ -114,7 +129,7 @@ class Router:
     def _to_full(self, name: str, stanza: domish.Element, bare: str, resource: str,
                  sender: Session | None) -> None:
         session = self.sessions.get(bare, resource)
-        if self.hooks.fire(f"{name}/full", stanza, bare, resource, session, sender):
+        if self.hooks.fire(_FULL_HOOKS[name], stanza, bare, resource, session, sender):
             return
         if session is not None:
             session.deliver(stanza)
@@ -140,11 +155,11 @@ class Router:
 
         The core keeps the state routing depends on (availability, priority); the presence module
         broadcasts it (``presence/broadcast``); ``presence/initial`` follows a first available presence.
+        Subscription requests and probes need a ``to``; an ``error`` is dropped (never answered).
         """
         kind = stanza.getAttribute("type")
         if kind not in (None, "unavailable"):
-            if not self.hooks.fire(f"presence/{kind}", stanza, session):
-                self.bounce(stanza, "bad-request")
+            self.bounce(stanza, "bad-request", f"a presence of type {kind} needs a 'to'")
             return
         initial = session.presence is None and kind is None
         if kind is None:
@@ -248,7 +263,7 @@ class Router:
         """Answer a stanza with an error, unless it is an error itself (never bounce errors)."""
         if stanza.getAttribute("type") == "error" or not stanza.hasAttribute("from"):
             return
-        if stanza.name == "presence" and condition != "jid-malformed":
+        if stanza.name == "presence" and condition not in ("jid-malformed", "bad-request"):
             return
         self.route(stanzas.error_reply(stanza, condition, type=type, text=text))
 

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = Logger()
 
 STANZAS = frozenset(("message", "presence", "iq"))
+#: Hook fired for each stanza a client sends: a fixed name per stanza kind, never built from input.
+OUTGOING_HOOKS = {"message": "message/outgoing", "presence": "presence/outgoing", "iq": "iq/outgoing"}
 MAX_RESOURCE_BYTES = 1023
 #: Failed SASL attempts on one stream before it is closed (RFC 6120 §6.4.5 suggests 2 to 5).
 MAX_AUTH_ATTEMPTS = 3
@@ -458,7 +460,7 @@ class ClientStream:
                     and not element.hasAttribute("to")):
                 self.send(stanzas.make("iq", type="result", id=element.getAttribute("id")))
                 return
-        if self.server.hooks.fire(f"{element.name}/outgoing", element, session):
+        if self.server.hooks.fire(OUTGOING_HOOKS[element.name], element, session):
             return
         self.server.router.route(element, session)
 
