@@ -283,6 +283,11 @@ register(G, "client-rate-limit", "I", 262144,
          "slowly, never dropped (0 = no limit).", minimum=0)
 register(G, "client-rate-burst", "I", 1048576, "Bytes a client may send at once above the rate limit.",
          minimum=0)
+register(G, "client-output-limit", "I", 1048576,
+         "Bytes waiting for a client that does not read (beyond the socket's own buffer): its input stops "
+         "as soon as output waits; past this the stream ends with ``resource-constraint`` and the stanzas "
+         "never sent are routed again (offline storage, errors). Also the byte bound of a BOSH session's queue.",
+         minimum=65536)
 register(G, "scram-iterations", "I", 10000, "PBKDF2 iterations for newly stored SCRAM credentials.",
          minimum=4096, maximum=10_000_000)
 register(G, "auth-failure-delay", "F", 1.0, "Seconds of delay after a failed authentication (doubles per failure).",

@@ -53,6 +53,11 @@ def _priority(presence: domish.Element) -> int:
     return 0
 
 
+def _finished(result: object, stream: object) -> object:
+    stream.request_finished()
+    return result
+
+
 class Router:
     """Routes stanzas between local sessions, the server itself, and its modules."""
 
@@ -235,7 +240,13 @@ class Router:
             self.bounce(stanza, "internal-server-error")
             return
         if isinstance(reply, Deferred) or hasattr(reply, "__await__"):
-            ensureDeferred(reply).addCallbacks(
+            pending = ensureDeferred(reply)
+            stream = getattr(sender, "stream", None)
+            if hasattr(stream, "request_started"):
+                # The client's input waits while too many of its requests are being answered.
+                stream.request_started()
+                pending.addBoth(_finished, stream)
+            pending.addCallbacks(
                 lambda value: self._answer(stanza, value),
                 lambda failure: self._handler_failed(stanza, failure, payload.uri))
         else:

@@ -38,6 +38,7 @@ class Limits:
     whitespace_keepalive: float
     client_rate: int
     client_burst: int
+    client_output_limit: int
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -51,6 +52,7 @@ class Limits:
             whitespace_keepalive=float(get("--", "whitespace-keepalive")),
             client_rate=get("--", "client-rate-limit"),
             client_burst=get("--", "client-rate-burst"),
+            client_output_limit=get("--", "client-output-limit"),
         )
 
 

@@ -178,6 +178,7 @@ class BoshSession:
         self.pending: dict[int, tuple[Exchange, domish.Element]] = {}  # arrived early, waiting for lower rids
         self.held: list[_Held] = []  # processed, not answered; ascending rid
         self.queue: list[domish.Element | bytes] = []  # stanzas for the client (bytes: already serialized)
+        self.queued_bytes = 0  # serialized size of what was queued while no request was held
         self.cache: dict[int, tuple[bytes, float, str | None]] = {}  # rid -> (response, sent at, key)
         self.final: bytes | None = None  # terminal response nobody could receive yet
         self._busy = False
@@ -206,9 +207,16 @@ class BoshSession:
     def send(self, element: domish.Element | bytes) -> None:
         if self.closed:
             return
-        if not self.held and len(self.queue) >= self.manager.settings.max_waiting:
-            self._overflow(element)
-            return
+        if not self.held:
+            # Nobody is polling: the stanza waits, bounded in count and in bytes (--client-output-limit).
+            data = element if element.__class__ is bytes else \
+                serialize(element, HTTPBIND, _PREFIXES, _IN_SCOPE).encode("utf-8")
+            if (len(self.queue) >= self.manager.settings.max_waiting
+                    or self.queued_bytes + len(data) > self.server.limits.client_output_limit):
+                self._overflow(element)
+                return
+            self.queued_bytes += len(data)
+            element = data
         self.queue.append(element)
         if not self._busy and self._flush_call is None and self.held:
             self._flush_call = self.clock.callLater(0, self._flush_now)
@@ -391,7 +399,7 @@ class BoshSession:
         self._arm_timers()
 
     def _take_queue(self) -> list[domish.Element | bytes]:
-        queue, self.queue = self.queue, []
+        queue, self.queue, self.queued_bytes = self.queue, [], 0
         return queue
 
     def _answer(self, held: _Held, children: list[domish.Element | bytes] | tuple) -> None:

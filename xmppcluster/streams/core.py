@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,7 +29,7 @@ from xmppcluster.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.sessions import Session
 from xmppcluster.streams.throttle import log_budget
 from xmppcluster.tls import channel_bindings
-from xmppcluster.xml import parse_element
+from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.server import XMPPServer
@@ -41,6 +42,12 @@ OUTGOING_HOOKS = {"message": "message/outgoing", "presence": "presence/outgoing"
 MAX_RESOURCE_BYTES = 1023
 #: Failed SASL attempts on one stream before it is closed (RFC 6120 §6.4.5 suggests 2 to 5).
 MAX_AUTH_ATTEMPTS = 3
+#: Elements a client may send before authentication while its input is held (a SASL step in progress: a
+#: client waits for each answer; a retry or an ``<abort/>`` is one or two). Past this, ``policy-violation``.
+MAX_BACKLOG = 8
+#: IQ requests of one client being answered at once (storage look-ups); past this its input is held until
+#: one is answered, so a client pipelining thousands of requests makes us work on a few at a time.
+MAX_INFLIGHT = 16
 
 
 @dataclass
@@ -71,6 +78,9 @@ class StreamTransport(Protocol):
 
     def close_stream(self, error: domish.Element | None = None) -> None:
         """Send ``error`` (a ``<stream:error/>``) if given, end the stream and drop the connection."""
+
+    # Optional: ``pause_reading()`` / ``resume_reading()`` stop and restart reading from the client (a
+    # transport without them, BOSH, bounds its input per request instead).
 
     def restart_stream(self) -> None:
         """The next thing from the client is a new stream header (after STARTTLS or SASL success)."""
@@ -134,8 +144,13 @@ class ClientStream:
         self.tls_required = tls_required and not transport.secure
         self.offer_starttls = offer_starttls and transport.can_starttls and server.certs is not None
         self._sasl: SASLServer | None = None
-        self._busy = False
+        # Input is held (elements wait in the backlog, the transport stops reading) while any reason holds:
+        # "sasl" (a SASL step in progress), "requests" (MAX_INFLIGHT IQs being answered), "output" (the
+        # client does not read what we send).
+        self._holds: set[str] = set()
         self._backlog: deque[domish.Element] = deque()
+        self._draining = False
+        self._inflight = 0
         limits = server.limits
         self._unauth_timer = self.clock.callLater(limits.unauthenticated_timeout, self._timed_out,
                                                   "not authenticated in time")
@@ -169,7 +184,10 @@ class ClientStream:
         """One complete top-level element from the client."""
         if self.state == "closed":
             return
-        if self._busy:
+        if self._holds or self._backlog:
+            if len(self._backlog) >= MAX_BACKLOG and self.state != "established":
+                self.fail("policy-violation", "too many elements while authentication is in progress")
+                return
             self._backlog.append(element)
             return
         self._dispatch(element)
@@ -187,11 +205,72 @@ class ClientStream:
         """The transport found a stream-level fault (bad XML, size limit, framing)."""
         self.fail(condition, text)
 
+    # -- flow control --------------------------------------------------------------------------------
+
+    def hold_input(self, reason: str) -> None:
+        """Stop taking the client's input for ``reason``: the transport stops reading, and elements it had
+        already read wait in the backlog."""
+        if self.state == "closed" or reason in self._holds:
+            return
+        if not self._holds:
+            pause = getattr(self.transport, "pause_reading", None)
+            if pause is not None:
+                pause()
+        self._holds.add(reason)
+
+    def release_input(self, reason: str) -> None:
+        """``reason`` no longer holds the input: handle the backlog, then read again if nothing else holds."""
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if self._holds or self._draining:
+            return  # the drain in progress continues
+        self._draining = True
+        try:
+            while self._backlog and not self._holds and self.state != "closed":
+                self._dispatch(self._backlog.popleft())
+        finally:
+            self._draining = False
+        if not self._holds and self.state != "closed":
+            resume = getattr(self.transport, "resume_reading", None)
+            if resume is not None:
+                resume()
+
+    def request_started(self) -> None:
+        """The router began answering an IQ request of this client asynchronously."""
+        self._inflight += 1
+        if self._inflight >= MAX_INFLIGHT:
+            self.hold_input("requests")
+
+    def request_finished(self) -> None:
+        """An IQ request of this client has been answered."""
+        self._inflight -= 1
+        if self._inflight < MAX_INFLIGHT:
+            self.release_input("requests")
+
     # -- sending -------------------------------------------------------------------------------------
 
     def send(self, element: domish.Element) -> None:
         if self.state != "closed":
             self.transport.send(element)
+
+    def undelivered(self, stanzas: Iterable[bytes]) -> None:
+        """Stanzas accepted for this stream's client but never written (it stopped reading, or went away).
+
+        Call after the stream has ended (its session unbound): each takes the RFC 6121 fallback route
+        (:meth:`Router.undeliverable`): messages go to the account's other resources or offline storage,
+        IQ requests get ``service-unavailable``, the rest is dropped.
+        """
+        if self.user is None or self.domain is None:
+            return
+        bare = f"{self.user}@{self.domain}"
+        router = self.server.router
+        for xml in stanzas:
+            try:
+                element = parse_element(xml, max_bytes=len(xml) + 1, max_elements=len(xml), max_depth=len(xml))
+            except StreamFault:  # pragma: no cover - our own serialization
+                continue
+            router.undeliverable(element, bare)
 
     def send_serialized(self, xml: bytes) -> None:
         """Send a stanza given as UTF-8 XML; transports that can write it as it is do (no re-serializing)."""
@@ -360,7 +439,9 @@ class ClientStream:
             if element.name == "iq" and self.server.hooks.fire("stream/pre-auth-iq", self, element):
                 return
             raise StreamFailure("not-authorized", "authenticate first")
-        self._busy = True
+        # Nothing more is read from the client until this step is answered: a flood sent during the
+        # failure delay waits in the client's socket, not in our memory.
+        self.hold_input("sasl")
         ensureDeferred(self._sasl_server().handle(element)).addCallbacks(
             self._sasl_result, self._internal_error)
 
@@ -379,10 +460,9 @@ class ClientStream:
                      secure="TLS" if self.transport.secure else "plain")
         elif result.done and self._sasl is not None and self._sasl.failures >= MAX_AUTH_ATTEMPTS:
             # RFC 6120 §6.4.5: a configurable number of retries, then the stream is closed.
-            self._busy = False
             self.fail("policy-violation", "too many failed authentication attempts")
             return
-        self._resume()
+        self.release_input("sasl")
 
     def _negotiate_bind(self, element: domish.Element) -> None:
         if element.name != "iq" or element.uri != ns.CLIENT:
@@ -466,14 +546,8 @@ class ClientStream:
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _resume(self) -> None:
-        self._busy = False
-        while self._backlog and not self._busy and self.state != "closed":
-            self._dispatch(self._backlog.popleft())
-
     def _internal_error(self, failure: Any) -> None:
         log.failure("c2s stream {id} failed", failure, id=self.id)
-        self._busy = False
         self.fail("internal-server-error")
 
     def _timed_out(self, why: str) -> None:
@@ -493,6 +567,7 @@ class ClientStream:
     def _finish(self, reason: str) -> None:
         self.state = "closed"
         self._backlog.clear()
+        self._holds.clear()
         for timer in (self._unauth_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()

@@ -17,7 +17,8 @@ from zope.interface import implementer
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.serializer import serialize as fast_serialize
-from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
+from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, tls_channel_info
+from xmppcluster.streams.flow import InputGate, OutputQueue
 from xmppcluster.streams.throttle import ReadThrottle
 from xmppcluster.xml import StreamFault, StreamParser
 
@@ -28,11 +29,18 @@ if TYPE_CHECKING:
 _PREFIXES = {ns.STREAMS: "stream"}
 _IN_SCOPE = ["stream"]
 _CLOSE = b"</stream:stream>"
+#: Seconds a closing connection has to flush its output before it is dropped (a client that does not read).
+CLOSE_TIMEOUT = 10.0
 
 
 def serialize(element: domish.Element) -> bytes:
     """An element as it appears inside a jabber:client stream."""
     return fast_serialize(element, ns.CLIENT, _PREFIXES, _IN_SCOPE).encode("utf-8")
+
+
+def serialize_standalone(element: domish.Element) -> bytes:
+    """A stanza with its xmlns declared: it can be parsed again on its own (to route it elsewhere)."""
+    return fast_serialize(element, "", _PREFIXES, _IN_SCOPE).encode("utf-8")
 
 
 class ClientConnection(Protocol):
@@ -49,7 +57,10 @@ class ClientConnection(Protocol):
         self.stream: ClientStream | None = None
         self.parser: StreamParser | None = None
         self.throttle: ReadThrottle | None = None
+        self.gate: InputGate | None = None
+        self.output: OutputQueue | None = None
         self._keepalive = None
+        self._drop = None
         self._sent_since_keepalive = False
         self._closing = False
 
@@ -65,8 +76,16 @@ class ClientConnection(Protocol):
         self.parser = StreamParser(self, max_stanza_bytes=limits.max_stanza_bytes,
                                    max_elements=limits.max_elements, max_depth=limits.max_depth)
         self.stream = ClientStream(self.server, self, tls_required=self.listener.tls_required)
-        self.throttle = ReadThrottle(self.transport, self.server.clock, limits.client_rate, limits.client_burst,
-                                     self._feed)
+        # Input: read throttle -> gate (stopped while SASL works or while our output backs up) -> parser.
+        self.gate = InputGate(self.transport, self._feed)
+        self.throttle = ReadThrottle(self.gate.valve(), self.server.clock, limits.client_rate, limits.client_burst,
+                                     self.gate.received)
+        # Output: the transport pauses us when its buffer is full; then output waits, bounded.
+        self.output = OutputQueue(self.transport.write, limits.client_output_limit,
+                                  on_pause=lambda: self.stream.hold_input("output"),
+                                  on_resume=lambda: self.stream.release_input("output"),
+                                  on_overflow=self._output_overflow)
+        self.transport.registerProducer(self.output, True)
         if limits.whitespace_keepalive > 0:
             self._keepalive = self.server.clock.callLater(limits.whitespace_keepalive, self._send_keepalive)
 
@@ -85,13 +104,16 @@ class ClientConnection(Protocol):
             stream.transport_failed(fault.condition, fault.text)
 
     def connectionLost(self, reason: Failure = None) -> None:
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
+        for timer in (self._keepalive, self._drop):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self.throttle is not None:
             self.throttle.stop()
+            self.gate.stop()
         if self.stream is not None:
             why = reason.getErrorMessage() if reason is not None else "connection lost"
             self.stream.connection_lost(f"connection lost ({why})" if not self._closing else "closed")
+            self.stream.undelivered(self.output.unsent_stanzas())
 
     # -- parser events --------------------------------------------------------------------------------
 
@@ -117,19 +139,24 @@ class ClientConnection(Protocol):
 
     def open_stream(self, attrs: dict[str, str]) -> None:
         header = "".join(f" {key}={quoteattr(value)}" for key, value in attrs.items() if value)
-        self.transport.write(
+        self.output.write(
             f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}'"
             f"{header}>".encode())
         self._sent_since_keepalive = True
 
     def send(self, element: domish.Element) -> None:
-        if not self._closing:
-            self.transport.write(serialize(element))
-            self._sent_since_keepalive = True
+        if self._closing:
+            return
+        output = self.output
+        if output.paused and element.name in STANZAS and element.uri == ns.CLIENT:
+            output.write(serialize_standalone(element), stanza=True)
+        else:
+            output.write(serialize(element))
+        self._sent_since_keepalive = True
 
     def send_serialized(self, xml: bytes) -> None:
         if not self._closing:
-            self.transport.write(xml)
+            self.output.write(xml, stanza=True)
             self._sent_since_keepalive = True
 
     def close_stream(self, error: domish.Element | None = None) -> None:
@@ -137,10 +164,31 @@ class ClientConnection(Protocol):
             return
         self._closing = True
         self.throttle.stop()
-        if error is not None:
-            self.transport.write(serialize(error))
-        self.transport.write(_CLOSE)
+        self.gate.stop()
+        self.output.close()
+        # Output still held is not sent: its stanzas are routed again once the stream has ended. The
+        # error and the close go behind what the transport holds; a client that never reads them is dropped.
+        self.transport.write((serialize(error) if error is not None else b"") + _CLOSE)
         self.transport.loseConnection()
+        self._drop = self.server.clock.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
+
+    def _output_overflow(self) -> None:
+        """More than ``--client-output-limit`` bytes wait for a client that does not read: end its stream."""
+        stream = self.stream
+        if stream is None or self._closing:
+            return
+        stream.fail("resource-constraint", f"more than {self.output.limit} bytes wait for the client to read them")
+        stream.undelivered(self.output.unsent_stanzas())
+
+    # -- flow control asked by the stream core ------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self.gate is not None:
+            self.gate.pause("core")
+
+    def resume_reading(self) -> None:
+        if self.gate is not None:
+            self.gate.resume("core")
 
     def restart_stream(self) -> None:
         self.parser.reset()
@@ -162,7 +210,7 @@ class ClientConnection(Protocol):
     def _send_keepalive(self) -> None:
         if self._closing:
             return
-        if not self._sent_since_keepalive:
+        if not self._sent_since_keepalive and not self.output.paused:
             self.transport.write(b" ")
         self._sent_since_keepalive = False
         self._keepalive = self.server.clock.callLater(self.server.limits.whitespace_keepalive,

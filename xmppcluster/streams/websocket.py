@@ -36,7 +36,8 @@ from twisted.words.xish import domish
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.serializer import serialize as fast_serialize
-from xmppcluster.streams.core import ClientStream, StreamHeader, tls_channel_info
+from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, tls_channel_info
+from xmppcluster.streams.flow import InputGate, OutputQueue
 from xmppcluster.streams.peers import client_policy
 from xmppcluster.streams.throttle import Lease, ReadThrottle, connection_limit, log_budget
 from xmppcluster.xml import StreamFault, parse_element
@@ -136,6 +137,8 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         self._idle_timer: Any = None
         self._drop_timer: Any = None
         self._throttle: ReadThrottle | None = None
+        self._gate: InputGate | None = None
+        self._output: OutputQueue | None = None
 
     # StreamTransport wants ``peer`` to be the client's address; autobahn keeps its own ``peer`` string
     # ("tcp4:1.2.3.4:5678"), so ours is exposed under the protocol's name through this property.
@@ -189,8 +192,17 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         self.stream = ClientStream(self.server, self, tls_required=False, offer_starttls=False)
         clock = self.server.clock
         limits = self.server.limits
-        self._throttle = ReadThrottle(self.transport, clock, limits.client_rate, limits.client_burst,
-                                      lambda message: self._message(*message))
+        # Input: read throttle -> gate (stopped while SASL works, or while our output backs up) -> parser.
+        self._gate = InputGate(self.transport, lambda message: self._message(*message))
+        self._throttle = ReadThrottle(self._gate.valve(), clock, limits.client_rate, limits.client_burst,
+                                      self._gate.received)
+        # Output: we, not twisted.web's channel (done with this connection), are the transport's producer.
+        self._output = OutputQueue(self._frame, limits.client_output_limit,
+                                   on_pause=lambda: self.stream and self.stream.hold_input("output"),
+                                   on_resume=lambda: self.stream and self.stream.release_input("output"),
+                                   on_overflow=self._output_overflow)
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self._output, True)
         self._last_heard = clock.seconds()
         if self.settings.ping_interval > 0:
             self._ping_timer = clock.callLater(self.settings.ping_interval, self._ping_tick)
@@ -230,6 +242,7 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         self._stop_timers()
         if self._throttle is not None:
             self._throttle.stop()
+            self._gate.stop()
         if self._drop_timer is not None and self._drop_timer.active():
             self._drop_timer.cancel()
         self._drop_timer = None
@@ -239,6 +252,9 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
                 stream.connection_lost("closed")
             else:
                 stream.connection_lost(f"WebSocket closed ({code or 'no code'}{': ' + reason if reason else ''})")
+            if self._output is not None:
+                self._output.close()
+                stream.undelivered(self._output.unsent_stanzas())
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         # autobahn's hook, called from the frame header: answer in XMPP before closing with 1009.
@@ -316,12 +332,40 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     # -- internals ------------------------------------------------------------------------------------
 
     def _write(self, element: domish.Element) -> None:
-        self.sendMessage(serialize(element).encode("utf-8"), isBinary=False)
+        data = serialize(element).encode("utf-8")
+        if self._output is None or self._closing:
+            self._frame(data)
+        else:
+            self._output.write(data, element.name in STANZAS and element.uri == ns.CLIENT)
+
+    def _frame(self, data: bytes) -> None:
+        self.sendMessage(data, isBinary=False)
 
     def send_serialized(self, xml: bytes) -> None:
         """A stanza already serialized with its xmlns (RFC 7395 wants it on every stanza): one frame."""
         if not self._closing:
-            self.sendMessage(xml, isBinary=False)
+            if self._output is None:
+                self._frame(xml)
+            else:
+                self._output.write(xml, stanza=True)
+
+    # -- flow control asked by the stream core --------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self._gate is not None:
+            self._gate.pause("core")
+
+    def resume_reading(self) -> None:
+        if self._gate is not None:
+            self._gate.resume("core")
+
+    def _output_overflow(self) -> None:
+        """More than ``--client-output-limit`` bytes wait for a client that does not read: end its stream."""
+        stream = self.stream
+        if stream is None or self._closing:
+            return
+        stream.fail("resource-constraint", f"more than {self._output.limit} bytes wait for the client to read them")
+        stream.undelivered(self._output.unsent_stanzas())
 
     def _close(self, error: domish.Element | None, see_other_uri: str | None) -> None:
         if self._closing:
@@ -330,6 +374,8 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         self._stop_timers()
         if self._throttle is not None:
             self._throttle.stop()
+            self._gate.stop()
+            self._output.close()  # what it holds is routed again once the stream has ended
         if error is not None:
             self._write(error)
         close = domish.Element((ns.FRAMING, "close"))

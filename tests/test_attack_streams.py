@@ -1,0 +1,426 @@
+"""Hostile clients against a real node: floods during SASL, clients that never read, blocking logins, bad types.
+
+Each attack runs while a well-behaved client pings the server: its round trip must stay under 250 ms, and
+the test process's peak RSS (the node runs in it) must grow less than the bound documented in
+docs/security.rst.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+from OpenSSL import SSL
+from twisted.internet.defer import gatherResults
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.clients.bosh import BoshClient
+from tests.clients.raw import SASL, Closed, RawClient, q
+from tests.clients.ws import FRAMING, WSClient
+from tests.support.server import start_server
+from tests.support.slix import ca_file
+from xmppcluster.auth import mechanisms
+from xmppcluster.streams import core
+
+PASSWORD = "pencil"
+CLIENT = "{jabber:client}"
+MiB = 1024 * 1024
+#: The well-behaved client's ping round trip while an attack runs (the issue's target).
+MAX_RTT = 0.25
+#: Growth of the node's peak RSS an attack may cause (docs/security.rst, "Client flow control").
+MAX_RSS_GROWTH = 64 * MiB
+
+
+def peak_rss(field: str = "VmHWM") -> int:
+    """Peak (or, with ``VmRSS``, current) resident memory of this process (the node runs in it), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Start a new peak measurement (Linux: the peak becomes the current RSS); the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:  # pragma: no cover - then the growth is measured from the earlier peak
+        return peak_rss()
+    return peak_rss("VmRSS")
+
+
+class Pinger:
+    """A logged-in client that pings the server until told to stop, keeping every round trip."""
+
+    def __init__(self, port: int, ca: str, user: str) -> None:
+        self.client = RawClient(port, ca_file=ca, timeout=30)
+        self.client.login(user, PASSWORD, "pinger")
+        self.rtts: list[float] = []
+        self.stop = threading.Event()
+
+    def ping(self) -> float:
+        started = time.monotonic()
+        n = len(self.rtts)
+        self.client.send(f"<iq type='get' id='ping{n}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        while self.client.until(f"{CLIENT}iq").get("id") != f"ping{n}":
+            pass
+        rtt = time.monotonic() - started
+        self.rtts.append(rtt)
+        return rtt
+
+    def run(self) -> list[float]:
+        """Ping until ``stop`` is set (at least three times); the round trips."""
+        try:
+            while not self.stop.is_set() or len(self.rtts) < 3:
+                self.ping()
+                self.stop.wait(0.05)  # pacing, not synchronisation
+            return self.rtts
+        finally:
+            self.client.close()
+
+
+class AttackCase(TestCase):
+    timeout = 120
+    extra_config = ""
+
+    components: tuple[str, ...] = ("c2s",)
+
+    async def setUp(self) -> None:
+        self.running = await start_server(self, self.extra_config, components=self.components)
+        for user in ("alice", "bob", "carol"):
+            await self.running.add_user(f"{user}@localhost", PASSWORD)
+        self.port = self.running.ports["c2s"]["plain"]
+        self.ca = ca_file(self.running)
+
+    def client(self, *, direct_tls: bool = False) -> RawClient:
+        port = self.running.ports["c2s"]["ssl" if direct_tls else "plain"]
+        client = RawClient(port, ca_file=self.ca, timeout=30, direct_tls=direct_tls)
+        self.addCleanup(client.close)
+        return client
+
+    def unbound(self, reason: str) -> threading.Event:
+        """Set when a session ends with ``reason`` (a barrier the node itself reports)."""
+        event = threading.Event()
+
+        def hook(session, why: str) -> None:
+            if reason in why:
+                event.set()
+
+        self.running.server.hooks.add("session/unbound", hook)
+        return event
+
+    async def under_attack(self, attack) -> tuple[object, list[float], int]:
+        """Run ``attack()`` in a thread while carol pings; (its result, carol's round trips, peak RSS growth)."""
+        pinger = await deferToThread(Pinger, self.port, self.ca, "carol")
+        before = reset_peak_rss()
+
+        def attacking():
+            try:
+                return attack()
+            finally:
+                pinger.stop.set()
+
+        try:
+            result, rtts = await gatherResults([deferToThread(attacking), deferToThread(pinger.run)])
+        finally:
+            if os.environ.get("ATTACK_FIGURES"):  # the figures of docs/security.rst
+                rtts = sorted(pinger.rtts) or [0.0]
+                print(f"\n{self.id()}: peak RSS +{(peak_rss() - before) / MiB:.1f} MiB, ping max "
+                      f"{rtts[-1] * 1000:.0f} ms, median {rtts[len(rtts) // 2] * 1000:.0f} ms ({len(rtts)} pings)",
+                      file=sys.stderr)
+        return result, rtts, peak_rss() - before
+
+    def assertBehaved(self, rtts: list[float], growth: int) -> None:
+        self.assertLess(max(rtts), MAX_RTT, f"ping round trips under attack: {sorted(rtts)[-5:]}")
+        self.assertLess(growth, MAX_RSS_GROWTH, f"peak RSS grew by {growth / MiB:.0f} MiB")
+
+
+class SASLFloodTests(AttackCase):
+    """H1: what a client sends while its SASL step waits (the failure delay) is not read into memory."""
+
+    extra_config = "--auth-failure-delay=4\n--auth-failure-max-delay=4\n"
+
+    def flood(self) -> tuple[str | None, int]:
+        client = self.client(direct_tls=True)
+        client.open()
+        client.send(f"<auth xmlns='{SASL}' mechanism='X-NO-SUCH'/>")  # invalid-mechanism: delayed 4 s
+        chunk = b"<a/>" * 16384  # 64 KiB, ~16k elements
+        sent = 0
+        try:
+            while sent < 8 * MiB:
+                client.send(chunk)
+                sent += len(chunk)
+        except Exception:  # the server closed while we were still sending
+            pass
+        return client.error_condition(), sent
+
+    async def test_flood_during_failure_delay(self) -> None:
+        (condition, sent), rtts, growth = await self.under_attack(self.flood)
+        # The flood is refused: at once when it came with the <auth/> (policy-violation), else when the
+        # failure is answered and reading resumes (<a/> is not a SASL element).
+        self.assertIn(condition, ("policy-violation", "not-authorized"))
+        self.assertBehaved(rtts, growth)
+
+
+class SlowReaderTests(AttackCase):
+    """H2: a client that does not read its output cannot make the node buffer without bound."""
+
+    extra_config = ("--client-rate-limit=0\n--offline-max-messages=5000\n"
+                    "bosh/max-session-waiting-packets[I]=100000\n")
+    components = ("c2s", "ws2s", "bosh")
+
+    def stalled(self, user: str) -> threading.Event:
+        """Set when the stream of ``user`` stops taking input because its client does not read."""
+        event = threading.Event()
+        original = core.ClientStream.hold_input
+
+        def hold_input(stream, reason: str) -> None:
+            if reason == "output" and stream.user == user:
+                event.set()
+            original(stream, reason)
+
+        self.patch(core.ClientStream, "hold_input", hold_input)
+        return event
+
+    def pipeline(self, gets: int) -> tuple[int, list[str]]:
+        stalled = self.stalled("alice")
+        client = self.client()
+        client.login("alice", PASSWORD, "attacker")
+        vcard = "<vCard xmlns='vcard-temp'><DESC>" + "x" * 16000 + "</DESC></vCard>"
+        client.send(f"<iq type='set' id='set'>{vcard}</iq>")
+        self.assertEqual(client.until(f"{CLIENT}iq").get("type"), "result")
+        request = b"".join(b"<iq type='get' id='v%d'><vCard xmlns='vcard-temp'/></iq>" % n for n in range(gets))
+        sent = 0
+        try:
+            while sent < len(request):  # as much as the node takes, reading nothing
+                sent += client.tls.send(request[sent:sent + 16384])
+        except (SSL.WantWriteError, SSL.WantReadError):
+            pass  # our socket is full: the node stopped reading us
+        if not stalled.wait(60):
+            raise AssertionError("the node kept reading a client that reads nothing")
+        # Nothing was lost: once the client reads, the answers come, in order.
+        ids = [client.until(f"{CLIENT}iq").get("id") for _ in range(200)]
+        return sent, ids
+
+    async def test_pipelined_vcard_gets_never_read(self) -> None:
+        (sent, ids), rtts, growth = await self.under_attack(lambda: self.pipeline(10_000))
+        self.assertEqual(ids, [f"v{n}" for n in range(200)])
+        self.assertBehaved(rtts, growth)
+
+    def flood_victim(self, count: int, websocket: bool = False) -> tuple[str | None, list[str], list[str]]:
+        """Alice floods bob, who reads nothing until his stream is closed; then he reads what he was sent."""
+        closed = self.unbound("resource-constraint")
+        if websocket:
+            victim = self.ws_client()
+            victim.login("localhost", "bob", PASSWORD, "victim")
+        else:
+            victim = self.client()
+            victim.login("bob", PASSWORD, "victim")
+        flooder = self.client()
+        flooder.login("alice", PASSWORD, "flooder")
+        body = "y" * 4000
+        for n in range(count):
+            flooder.send(f"<message to='bob@localhost/victim' type='chat' id='m{n}'><body>{body}</body></message>")
+        flooder.send("<iq type='get' id='barrier' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        errors = []
+        while True:  # every message has been routed once the ping is answered
+            element = flooder.next()
+            if element.tag == f"{CLIENT}message" and element.get("type") == "error":
+                errors.append(element.get("id"))
+            if element.get("id") == "barrier":
+                break
+        if not closed.wait(30):
+            raise AssertionError("the stream of a client that never reads was not closed")
+        received, condition = [], None
+        for element in self.read_all(victim):
+            if element.tag == f"{CLIENT}message":
+                received.append(element.get("id"))
+            elif element.tag == "{http://etherx.jabber.org/streams}error":
+                condition = element[0].tag.split("}")[1]
+        return condition, received, errors
+
+    def read_all(self, client: RawClient | WSClient) -> list[ET.Element]:
+        """Everything the server sent, up to the end of the stream."""
+        elements: list[ET.Element] = []
+        try:
+            if isinstance(client, WSClient):
+                while (element := client.next()) is not None and element.tag != q(FRAMING, "close"):
+                    elements.append(element)
+            else:
+                while not client.stream_closed:
+                    client._pump()
+                    elements += client.pending
+                    client.pending.clear()
+        except (OSError, ConnectionError, Closed):
+            pass
+        return elements
+
+    def ws_client(self) -> WSClient:
+        context = ssl.create_default_context(cafile=self.ca)
+        client = WSClient(self.running.ports["ws2s"]["ssl"], tls=context, server_name="localhost", timeout=30)
+        self.addCleanup(client.close)
+        return client
+
+    def offline(self, expected: int) -> list[str]:
+        """Bob's stored messages, as a new session gets them."""
+        again = self.client()
+        again.login("bob", PASSWORD, "again")
+        again.sock.settimeout(5)
+        again.send("<presence/>")
+        stored: list[str] = []
+        try:
+            while len(stored) < expected:
+                element = again.next()
+                if element.tag == f"{CLIENT}message":
+                    stored.append(element.get("id"))
+        except TimeoutError:
+            pass
+        return stored
+
+    async def test_flooded_victim_never_reads(self) -> None:
+        await self.flooded_victim(websocket=False)
+
+    async def test_flooded_websocket_victim_never_reads(self) -> None:
+        await self.flooded_victim(websocket=True)
+
+    async def flooded_victim(self, websocket: bool) -> None:
+        count = 2000  # 8 MB of messages for a client that reads none of them
+        (condition, received, errors), rtts, growth = await self.under_attack(
+            lambda: self.flood_victim(count, websocket))
+        self.assertEqual(condition, "resource-constraint")
+        await self.running.server.modules["msgoffline"].drain()
+        stored = await deferToThread(self.offline, count - len(received) - len(errors))
+        # Nothing the server accepted vanished: read by the victim, kept offline, or bounced.
+        self.assertEqual(sorted(received + stored + errors, key=lambda i: int(i[1:])),
+                         [f"m{n}" for n in range(count)])
+        self.assertGreater(len(stored), 0)
+        self.assertBehaved(rtts, growth)
+
+
+    def flood_bosh_victim(self, count: int) -> tuple[list[str], list[str], int]:
+        """Bob's BOSH session stops polling while alice floods it; then he polls again."""
+        url = f"https://localhost:{self.running.ports['bosh']['ssl']}/http-bind"
+        victim = BoshClient("localhost", ssl.create_default_context(cafile=self.ca))
+        victim.login([url], "bob", PASSWORD, "victim")  # and no request waits from now on
+        flooder = self.client()
+        flooder.login("alice", PASSWORD, "flooder")
+        body = "y" * 4000
+        for n in range(count):
+            flooder.send(f"<message to='bob@localhost/victim' type='chat' id='m{n}'><body>{body}</body></message>")
+        flooder.send("<iq type='get' id='barrier' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        errors = []
+        while (element := flooder.next()).get("id") != "barrier":
+            if element.tag == f"{CLIENT}message" and element.get("type") == "error":
+                errors.append(element.get("id"))
+        queued = self.running.server.sessions.get("bob@localhost", "victim").stream.transport.queued_bytes
+        received: list[str] = []
+        while len(received) + len(errors) < count:
+            answer = victim.post(url)
+            if not len(answer):
+                break
+            received += [e.get("id") for e in answer if e.tag == f"{CLIENT}message"]
+        victim.post(url, "type='terminate'")
+        return received, errors, queued
+
+    async def test_bosh_session_that_stops_polling(self) -> None:
+        count = 400  # 1.6 MB of messages
+        (received, errors, queued), rtts, growth = await self.under_attack(lambda: self.flood_bosh_victim(count))
+        self.assertLessEqual(queued, 1024 * 1024)  # --client-output-limit
+        self.assertGreater(len(errors), 0)
+        self.assertEqual(sorted(received + errors, key=lambda i: int(i[1:])), [f"m{n}" for n in range(count)])
+        self.assertBehaved(rtts, growth)
+
+
+class PlainOffReactorTests(AttackCase):
+    """M3: PLAIN's PBKDF2 runs in a thread; the reactor answers others meanwhile."""
+
+    async def test_slow_plain_login_does_not_block_pings(self) -> None:
+        self.running.server.storage.accounts.scram_iterations = 2_000_000
+        await self.running.add_user("slow@localhost", PASSWORD)
+        started, finished = threading.Event(), threading.Event()
+        original = mechanisms.verify_password
+
+        def watched(credentials, password):
+            started.set()
+            try:
+                return original(credentials, password)
+            finally:
+                finished.set()
+
+        self.patch(mechanisms, "verify_password", watched)
+        pinger = await deferToThread(Pinger, self.port, self.ca, "carol")
+
+        def scenario() -> tuple[bool, float, ET.Element]:
+            client = self.client(direct_tls=True)
+            client.open()
+            token = "AHNsb3cAcGVuY2ls"  # base64 of "\0slow\0pencil"
+            client.send(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth>")
+            if not started.wait(30):
+                raise AssertionError("PLAIN never checked the password")
+            rtt = pinger.ping()
+            answered_during = not finished.is_set()
+            return answered_during, rtt, client.next()
+
+        try:
+            answered_during, rtt, result = await deferToThread(scenario)
+        finally:
+            pinger.client.close()
+        self.assertTrue(answered_during, "the ping waited for PLAIN's PBKDF2")
+        self.assertLess(rtt, MAX_RTT)
+        self.assertEqual(result.tag, q(SASL, "success"))
+
+
+class StanzaTypeTests(AttackCase):
+    """M5: unknown stanza types get <bad-request/>; no hook name is built from the wire."""
+
+    def login_available(self, resource: str) -> RawClient:
+        client = self.client()
+        client.login("alice", PASSWORD, resource)
+        client.send("<presence/>")
+        return client
+
+    def scenario(self) -> tuple[list[ET.Element], list[ET.Element]]:
+        one = self.login_available("one")
+        two = self.login_available("two")
+        # Both see each other's available presence once both are online.
+        one.send("<presence><status>ready</status></presence>")
+        while two.until(f"{CLIENT}presence").find(f"{CLIENT}status") is None:
+            pass
+        answers = []
+        for n, kind in enumerate(("initial", "broadcast", "bare", "outgoing", "x/../y")):
+            one.send(f"<presence type='{kind}' id='p{n}'/>")
+        one.send("<iq type='initial' id='iq1' to='alice@localhost/two'><query xmlns='jabber:iq:version'/></iq>")
+        one.send("<iq type='get' id='barrier' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        while True:
+            element = one.next()
+            if element.get("id") == "barrier":
+                break
+            answers.append(element)
+        # A last available presence: it reaches "two" after anything the bad ones could have caused.
+        one.send("<presence><status>last</status></presence>")
+        seen = []
+        while True:
+            element = two.next()
+            seen.append(element)
+            status = element.find(f"{CLIENT}status")
+            if status is not None and status.text == "last":
+                break
+        return answers, seen
+
+    async def test_unknown_types_get_bad_request(self) -> None:
+        answers, seen = await deferToThread(self.scenario)
+        # Nothing was broadcast or delivered to the other resource because of them.
+        self.assertEqual([e.get("type") for e in seen if e.get("type")], [])
+        errors = {(a.tag, a.get("id")): a for a in answers if a.get("type") == "error"}
+        expected = {(f"{CLIENT}presence", f"p{n}") for n in range(5)} | {(f"{CLIENT}iq", "iq1")}
+        self.assertEqual(set(errors), expected)
+        for error in errors.values():
+            condition = error.find(f"{CLIENT}error")[0].tag
+            self.assertEqual(condition, "{urn:ietf:params:xml:ns:xmpp-stanzas}bad-request")
+        self.assertEqual(self.flushLoggedErrors(), [])
