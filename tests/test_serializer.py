@@ -34,6 +34,7 @@ PREFIXED = [
     "<message xmlns='jabber:client' xmlns:e='urn:ext'><e:thing e:attr='v'>x</e:thing></message>",
     "<message xmlns='jabber:client'><x xmlns='urn:y' xmlns:z='urn:z' z:q='1'/></message>",
     "<xml:a xmlns:p='urn:p'><p:b p:c='1' xml:lang='en'/></xml:a>",
+    "<m xmlns='jabber:client'><a xmlns:p='U1'/><b xmlns:p='U2'><c xmlns='U1' x='&#9;&#10;&#13;'>&#13;</c></b></m>",
 ]
 
 

@@ -24,7 +24,8 @@ XMLNS_NS = "http://www.w3.org/2000/xmlns/"
 TCP_HEADER = (f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}' to='example.com' "
               "version='1.0'>").encode()
 
-#: Deterministic and quick: a few hundred examples per property, no example database.
+#: Deterministic (derandomized, no example database); each property lowers max_examples to what the suite
+#: can afford (the whole of tests/test_roundtrip.py runs in seconds).
 PROPERTY = settings(max_examples=250, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -139,7 +140,7 @@ def trees(draw: Callable, depth: int = 0) -> Element:
     uri = draw(st.one_of(st.none(), namespaces))
     element = Element((uri, draw(names)))
     element.defaultUri = draw(st.one_of(st.none(), st.just(uri), namespaces))
-    element.localPrefixes = draw(_declarations)
+    element.localPrefixes = dict(draw(_declarations))  # a copy: spoiled_trees() changes it
     element.attributes = draw(st.dictionaries(_attribute_keys, texts, max_size=3))
     if depth < 2:
         element.children.extend(draw(st.lists(st.one_of(texts, trees(depth + 1)), max_size=3)))
