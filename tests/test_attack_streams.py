@@ -144,7 +144,10 @@ class AttackCase(TestCase):
 class SASLFloodTests(AttackCase):
     """H1: what a client sends while its SASL step waits (the failure delay) is not read into memory."""
 
-    extra_config = "--auth-failure-delay=4\n--auth-failure-max-delay=4\n"
+    async def setUp(self) -> None:
+        await super().setUp()
+        throttle = self.running.server.throttle  # a failure is answered after 4 s (start_server sets 0.05 s)
+        throttle.base_delay = throttle.max_delay = 4.0
 
     def flood(self) -> tuple[str | None, int]:
         client = self.client(direct_tls=True)
