@@ -10,6 +10,7 @@ from xml.sax.saxutils import quoteattr
 
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -17,14 +18,17 @@ from zope.interface import implementer
 from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.serializer import serialize as fast_serialize
-from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, tls_channel_info
+from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, stream_error, tls_channel_info
 from xmppcluster.streams.flow import InputGate, OutputQueue
-from xmppcluster.streams.throttle import ReadThrottle
+from xmppcluster.streams.peers import client_policy
+from xmppcluster.streams.throttle import Lease, ReadThrottle, connection_limit, log_budget
 from xmppcluster.xml import StreamFault, StreamParser
 
 if TYPE_CHECKING:
     from xmppcluster.config import Listener
     from xmppcluster.server import XMPPServer
+
+log = Logger()
 
 _PREFIXES = {ns.STREAMS: "stream"}
 _IN_SCOPE = ["stream"]
@@ -199,8 +203,6 @@ class ClientConnection(Protocol):
         self.can_starttls = False
 
     def channel_info(self) -> ChannelInfo:
-        from xmppcluster.streams.peers import client_policy
-
         if not self.secure and client_policy(self.server).stream_secure(self.peer, False):
             return ChannelInfo(secure=True, bindings={})  # a loopback client (--secure-loopback)
         return tls_channel_info(self.transport, self.secure)
@@ -220,7 +222,7 @@ class ClientConnection(Protocol):
 class CountedConnection(ClientConnection):
     """A :class:`ClientConnection` holding one lease of the per-address limit (``--max-connections-per-ip``)."""
 
-    def __init__(self, server: XMPPServer, listener: Listener, lease: Any) -> None:
+    def __init__(self, server: XMPPServer, listener: Listener, lease: Lease) -> None:
         super().__init__(server, listener)
         self.lease = lease
 
@@ -238,12 +240,6 @@ class RefusedConnection(Protocol):
         self.limit = limit
 
     def connectionMade(self) -> None:
-        from twisted.logger import Logger
-
-        from xmppcluster.streams.core import stream_error
-        from xmppcluster.streams.throttle import log_budget
-
-        log = Logger()
         domain = next(iter(sorted(self.server.domains)), "")
         text = f"too many connections from your address (at most {self.limit})"
         (log.info if log_budget(self.server).allow(self.peer) else log.debug)(
@@ -270,8 +266,6 @@ class ClientFactory(Factory):
         self.listener = listener
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        from xmppcluster.streams.throttle import connection_limit
-
         peer = getattr(addr, "host", "?")
         limit = connection_limit(self.server)
         lease = limit.acquire(peer)
