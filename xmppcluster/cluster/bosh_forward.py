@@ -26,6 +26,7 @@ from xml.sax.saxutils import quoteattr
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from xmppcluster.serializer import serialize
 from xmppcluster.streams.bosh import bosh_sessions, render_body
 from xmppcluster.streams.bosh_session import DEFAULT_CONTENT_TYPE, Exchange
 
@@ -142,7 +143,7 @@ class BoshForwarder:
         if node is None:
             return False
         forwarded = _Forwarded(node, exchange, f"secure='{int(secure)}' peer={quoteattr(peer)}>"
-                                               f"{body.toXml()}</bosh-req>")
+                                               f"{serialize(body)}</bosh-req>")
         forwarded.timer = self.cluster.clock.callLater(self.timeout, self._expired, forwarded)
         if not self._send(forwarded):
             log.info("BOSH request for a session of {node} waits for {node} (unreachable)", node=node)
