@@ -30,6 +30,7 @@ from xmppcluster import stanza as stanzas
 from xmppcluster.jid import InvalidJID, parse_jid
 from xmppcluster.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
+from xmppcluster.serializer import serialize
 from xmppcluster.sessions import Session
 from xmppcluster.storage.blocking import BlockingStore, BlocklistFull
 from xmppcluster.storage.errors import NoSuchAccount
@@ -401,7 +402,7 @@ class Blocking(Module):
         for session in self.server.sessions.available(bare):
             for contact in self._entitled(bare, session, changed):
                 if available:
-                    presence = parse_element(session.presence.toXml())
+                    presence = parse_element(serialize(session.presence))
                     presence["to"] = contact
                     presence["from"] = session.jid
                 else:

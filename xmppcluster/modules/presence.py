@@ -23,6 +23,7 @@ from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.roster import RosterModule, split_bare
 from xmppcluster.modules.subscription import KINDS, SUBSCRIBE, SUBSCRIBED, Transition, inbound, outbound
 from xmppcluster.namespaces import CLIENT
+from xmppcluster.serializer import serialize
 from xmppcluster.storage.roster import Change, RosterFull
 from xmppcluster.xml import parse_element
 
@@ -179,7 +180,7 @@ class Presence(Module):
         stamped = copy(stanza, frm=contact, to=bare)
         try:
             change, transition = await self.roster.apply(bare, contact, inbound, kind,
-                                                         stamped.toXml() if kind == SUBSCRIBE else None)
+                                                         serialize(stamped) if kind == SUBSCRIBE else None)
         except RosterFull:
             self.log.info("dropped a subscription request from {contact} to {bare}: too many pending",
                           contact=contact, bare=bare)
