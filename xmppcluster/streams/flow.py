@@ -135,6 +135,7 @@ class OutputQueue:
         self.paused = False
         self.overflowed = False
         self.closed = False
+        self._input_stopped = False  # on_pause ran, on_resume not yet
         self.held: deque[tuple[bytes, bool]] = deque()  # (data, is a stanza)
         self.held_bytes = 0
 
@@ -167,7 +168,9 @@ class OutputQueue:
         if self.paused:
             return
         self.paused = True
-        self.on_pause()
+        if not self._input_stopped:
+            self._input_stopped = True
+            self.on_pause()
 
     def resumeProducing(self) -> None:
         if not self.paused or self.closed:
@@ -178,6 +181,7 @@ class OutputQueue:
             self.held_bytes -= len(data)
             self.send(data)
         if not self.paused:
+            self._input_stopped = False
             self.on_resume()
 
     def stopProducing(self) -> None:
