@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.clients.bosh import BoshClient
-from tests.clients.raw import STREAMS, Closed, RawClient, q
+from tests.clients.raw import HEADER, STREAMS, Closed, RawClient, q
 from tests.support.cluster import DOMAIN, ClusterFixture, CuttableLink, make_cluster
 from tests.support.server import free_port, start_server
 from tests.support.slix import ca_file
@@ -127,6 +127,18 @@ class SingleServerTests(TestCase):
 
     async def test_tcp_top_level(self) -> None:
         self.check(await deferToThread(self.tcp_attack, TOP_LEVEL), "invalid-namespace")
+
+    def header_attack(self) -> str | None:
+        client = RawClient(self.running.ports["c2s"]["plain"], domain="example.com")
+        self.addCleanup(client.close)
+        evil = "<stream:stream xmlns:evil=\"urn:a'/&gt;\" "
+        header = HEADER.format(to="example.com").replace("<stream:stream ", evil)
+        client.send(header + "</stream:stream>")  # without a stream error, the stream just ends
+        return client.error_condition()
+
+    async def test_tcp_stream_header(self) -> None:
+        """A prefix declared in the stream header itself: the error comes after a header of ours."""
+        self.assertEqual(await deferToThread(self.header_attack), "invalid-namespace")
 
     def bosh_attack(self, payload: str) -> tuple[str | None, list[ET.Element], ET.Element]:
         victim = self.available_victim()

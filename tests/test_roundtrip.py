@@ -180,6 +180,10 @@ class ClusterFrameRoundTrips(TestCase):
         self.assertEqual(kind, wire.ROUTED)
         self.assertEqual(wire.split_routed(payload), (node, jid, body))
         self.assertEqual(canonical(parse_element(body)), canonical(tree))
+        for field in (0, 1):
+            fields = [node, jid]
+            fields[field] += "\n"
+            self.assertRaises(ValueError, wire.routed, *fields, body)
 
     @settings(PROPERTY, max_examples=60)
     @given(jids, node_names, st.sampled_from(["conflict", "x'/><kick jid='a@b/c'"]), texts)

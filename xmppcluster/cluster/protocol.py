@@ -40,7 +40,11 @@ def control(xml: bytes) -> bytes:
 
 
 def routed(node: str, session: str, body: bytes) -> bytes:
-    """An ``R`` frame: ``body`` (a stanza as UTF-8 XML) for ``session`` on ``node`` ('' for the receiver)."""
+    """An ``R`` frame: ``body`` (a stanza as UTF-8 XML) for ``session`` on ``node`` ('' for the receiver).
+
+    A newline ends each of the first two fields: neither may hold one (no JID or node name can)."""
+    if "\n" in session or "\n" in node:
+        raise ValueError(f"a newline in a routed frame's node or session: {node!r} {session!r}")
     head = f"{node}\n{session}\n".encode()
     return b"R%d\n%s%s" % (len(head) + len(body), head, body)
 
