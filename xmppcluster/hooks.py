@@ -11,6 +11,9 @@ log = Logger()
 
 Handler = Callable[..., Any]
 
+#: Hook fired for each stanza a client sends: a fixed name per stanza kind, never built from input.
+OUTGOING_HOOKS = {"message": "message/outgoing", "presence": "presence/outgoing", "iq": "iq/outgoing"}
+
 
 class Hooks:
     """``fire(name, ...)`` calls handlers, highest priority first, until one returns a true value."""

@@ -33,7 +33,8 @@ class ServerService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         for warning in self.config.warnings:  # once, at start (check-config prints the same lines)
-            log.warn("configuration: {warning}", warning=warning)
+            # Not a "warning" field: trial and twisted.logger treat that name as a Python warning.
+            log.warn("configuration: {problem}", problem=warning)
         from xmppcluster.reload import SighupReloader
 
         self.sighup = SighupReloader(self.certs, self.reactor)  # SIGHUP re-reads certs/*.pem

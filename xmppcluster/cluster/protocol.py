@@ -17,7 +17,7 @@ import hmac
 from collections.abc import Iterator
 
 NS = "urn:xmppcluster:cluster:2"
-VERSION = "2"
+VERSION = "3"
 #: A frame carries one whole stanza (each already within the client limit) or one directory event.
 MAX_ELEMENT_BYTES = 16 * 1024 * 1024
 MAX_ELEMENTS = 1_000_000

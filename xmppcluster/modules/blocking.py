@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from xmppcluster import stanza as stanzas
+from xmppcluster.hooks import OUTGOING_HOOKS
 from xmppcluster.jid import InvalidJID, parse_jid
 from xmppcluster.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
@@ -274,7 +275,7 @@ class Blocking(Module):
         def resume(items: frozenset[str]) -> None:
             if not self._refuse_outbound(stanza, items, session):
                 setattr(stanza, _PASSED, "out")
-                if not self.server.hooks.fire(f"{stanza.name}/outgoing", stanza, session):
+                if not self.server.hooks.fire(OUTGOING_HOOKS[stanza.name], stanza, session):
                     self.server.router.route(stanza, session)
 
         self._hold(session.bare, resume, lambda: self._answer(stanza, session, "internal-server-error"))

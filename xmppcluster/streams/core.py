@@ -25,6 +25,7 @@ from twisted.words.xish import domish
 from xmppcluster import namespaces as ns
 from xmppcluster import stanza as stanzas
 from xmppcluster.auth.sasl import ChannelInfo, SASLServer
+from xmppcluster.hooks import OUTGOING_HOOKS
 from xmppcluster.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.sessions import Session
 from xmppcluster.streams.throttle import log_budget
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 STANZAS = frozenset(("message", "presence", "iq"))
-#: Hook fired for each stanza a client sends: a fixed name per stanza kind, never built from input.
-OUTGOING_HOOKS = {"message": "message/outgoing", "presence": "presence/outgoing", "iq": "iq/outgoing"}
 MAX_RESOURCE_BYTES = 1023
 #: Failed SASL attempts on one stream before it is closed (RFC 6120 §6.4.5 suggests 2 to 5).
 MAX_AUTH_ATTEMPTS = 3
