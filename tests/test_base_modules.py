@@ -16,6 +16,7 @@ from twisted.words.xish import domish
 
 import xmppcluster
 from tests.support.databases import make_storage
+from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.config import parse_text
 from xmppcluster.modules.base import Module
 from xmppcluster.server import XMPPServer
@@ -29,6 +30,9 @@ class FakeTransport:
     def __init__(self, secure: bool = True) -> None:
         self.secure = secure
         self.peer = "192.0.2.7"
+
+    def channel_info(self) -> ChannelInfo:
+        return ChannelInfo(secure=self.secure, bindings={})
 
 
 class FakeStream:

@@ -534,6 +534,22 @@ class LifecycleTests(BoshTestCase):
         self.assertTerminate(held, "system-shutdown")
         self.assertEqual(self.server.streams, set())
 
+    def test_shutdown_of_a_session_nobody_hears_leaves_nothing_scheduled(self) -> None:
+        self.client.create()
+        self.registry.shutdown()  # no request held: the answer would be kept for one inactivity period
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.registry.sessions, {})
+
+    def test_redirect_keeps_the_scheme_of_the_port(self) -> None:
+        """A loopback client on plain http counts as secure for SASL, yet is sent to http, not https."""
+        self.client.peer = "127.0.0.1"
+        self.client.create()
+        session = self.registry.find_session(self.client.sid)
+        self.assertTrue(session.secure)
+        held = self.client.send()
+        session.redirect_to("t2.example.com")
+        self.assertTrue(str(next(held.body().elements(HTTPBIND, "uri"))).startswith("http://t2.example.com"))
+
     def test_see_other_uri(self) -> None:
         self.client.create()
         held = self.client.send()

@@ -133,7 +133,8 @@ def authenticated_link(cluster: FakeCluster):
     return link, transport
 
 
-HELLO = b"<hello xmlns='urn:xmppcluster:cluster:2' from='t2.example.com' to='t1.example.com' version='2'/>"
+HELLO = (b"<hello xmlns='urn:xmppcluster:cluster:2' from='t2.example.com' to='t1.example.com' version='%s'/>"
+         % wire.VERSION.encode())
 
 
 class HandshakeLimitTests(TestCase):

@@ -102,6 +102,18 @@ class PreAuthTests(TestCase):
         self.assertFalse(offered("closed.org"))
         self.assertFalse(offered("localhost", secure=False))
 
+    def test_feature_follows_the_encrypted_hop_not_tls_on_this_socket(self) -> None:
+        """A hop that counts as encrypted without TLS here (loopback, a trusted proxy's https) is like TLS."""
+        class ProxiedTransport(Transport):
+            def channel_info(self) -> ChannelInfo:
+                return ChannelInfo(secure=True, bindings={})
+
+        transport = ProxiedTransport(secure=False)  # e.g. plain BOSH behind a TLS-terminating trusted proxy
+        stream = ClientStream(self.h.server, transport, tls_required=False)
+        stream.stream_started(StreamHeader(to="localhost", version="1.0", lang="en"))
+        self.addCleanup(stream.connection_lost)
+        self.assertTrue(any(e.uri == register.FEATURE for e in transport.sent[0].elements()))
+
     async def test_form(self) -> None:
         stream, transport = self.open()
         reply = await self.ask(stream, transport, iq("get", ""))

@@ -106,6 +106,9 @@ class ServerService(service.MultiService):
             return
         if server.cluster is not None:
             await self._drain(server)
+        from xmppcluster.streams.bosh import bosh_sessions
+
+        bosh_sessions(server).shutdown()
         for stream in list(server.streams):
             stream.fail("system-shutdown")
         if server.cluster is not None:

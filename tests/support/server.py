@@ -30,8 +30,13 @@ def test_ca() -> TestCA:
 
 
 #: Test listeners take ports below Linux's ephemeral range (32768-60999): a port the kernel might hand
-#: to an outgoing client socket in the meantime would make the server's bind fail at random.
-_PORTS = range(20000, 32000)
+#: to an outgoing client socket in the meantime would make the server's bind fail at random.  Each trial
+#: worker (``-jN`` runs worker i in ``_trial_temp/i``) draws from its own slice, so two workers never hand
+#: out the same port to servers that have not bound it yet.
+_WORKER = os.path.basename(os.getcwd())
+_SLICE = 1500
+_PORTS = (range(20000 + int(_WORKER) * _SLICE, 20000 + (int(_WORKER) + 1) * _SLICE)
+          if _WORKER.isdigit() and int(_WORKER) < 8 else range(20000, 32000))
 _handed_out: set[int] = set()
 
 

@@ -53,6 +53,11 @@ def _field(query: domish.Element, name: str) -> str | None:
     return None
 
 
+def _encrypted(stream: Any) -> bool:
+    """The client's hop counts as encrypted: TLS, or what streams/peers.py accepts (loopback, trusted proxy)."""
+    return stream.transport.channel_info().secure
+
+
 def _is_domain(address: str, domain: str) -> bool:
     try:
         return parse_jid(address).full() == domain
@@ -76,7 +81,7 @@ class Registration(Module):
                 and bool(self.config.vhost_option(domain, "register")))
 
     def stream_features(self, stream: Any, stage: str) -> list[domish.Element]:
-        if stage == "pre-auth" and stream.transport.secure and self.serves(stream.domain):
+        if stage == "pre-auth" and _encrypted(stream) and self.serves(stream.domain):
             return [domish.Element((FEATURE, "register"))]
         return []
 
@@ -96,7 +101,7 @@ class Registration(Module):
             to = request.getAttribute("to")
             if (to is not None and not _is_domain(to, stream.domain)) or not self.serves(stream.domain):
                 raise StanzaError("service-unavailable")
-            if not stream.transport.secure:
+            if not _encrypted(stream):
                 raise StanzaError("not-authorized", "registration needs an encrypted stream")
             kind = request.getAttribute("type")
             if kind == "get":
@@ -218,7 +223,7 @@ class Registration(Module):
         return stanzas.result(request)
 
     async def _change_password(self, query: domish.Element, sender: Any) -> None:
-        if not getattr(sender.stream.transport, "secure", False):
+        if not _encrypted(sender.stream):
             raise StanzaError("not-authorized", "change passwords over an encrypted stream")
         username, password = _field(query, "username"), _field(query, "password")
         if username is None or password is None:

@@ -101,8 +101,8 @@ class BoshSessions:
         """The session with this sid on this node (the seam where a cluster forwards unknown sids)."""
         return self.sessions.get(sid)
 
-    def create(self, exchange: Exchange, body: Any, peer: str, secure: bool) -> None:
-        """Answer a session-creation request (a ``<body/>`` without ``sid``)."""
+    def create(self, exchange: Exchange, body: Any, peer: str, secure: bool, *, tls: bool = False) -> None:
+        """Answer a session-creation request (a ``<body/>`` without ``sid``); ``tls``: it came over https."""
         settings = self.settings
         rid = number(body, "rid")
         if rid is None or rid > MAX_RID:
@@ -142,6 +142,7 @@ class BoshSessions:
         session = BoshSession(self, sid, peer, secure, rid, terms, newkey.lower() if newkey else None,
                               self.server.node_name if settings.send_host else None)
         session.port = getattr(exchange.request.getHost(), "port", None)
+        session.tls = tls
         self.sessions[sid] = session
         if key is not None:
             self.per_ip[key] += 1
@@ -166,12 +167,11 @@ class BoshSessions:
             del self.per_ip[key]
 
     def shutdown(self) -> None:
-        """End every session with ``system-shutdown`` (the node is stopping)."""
+        """End every session with ``system-shutdown`` (the node is stopping): nothing of them stays scheduled."""
         for session in list(self.sessions.values()):
-            if session.closed:
-                self.remove(session)
-            else:
-                session.terminate("system-shutdown", notify_core=True)
+            session.terminate("system-shutdown", notify_core=True)  # a no-op for a closed session
+            session.forget()
+            self.remove(session)
 
 
 _registries: weakref.WeakKeyDictionary[Any, BoshSessions] = weakref.WeakKeyDictionary()
@@ -260,7 +260,7 @@ class BoshResource(Resource):
         sid = body.getAttribute("sid")
         if sid is None:
             try:
-                self.sessions.create(exchange, body, origin.address, origin.secure)
+                self.sessions.create(exchange, body, origin.address, origin.secure, tls=self.secure)
             except BoshError as error:
                 self._refused(origin, "BOSH session refused for {peer}: {condition} {text}",
                               condition=error.condition, text=error.text)

@@ -161,6 +161,7 @@ class BoshSession:
                  key: str | None, host: str | None) -> None:
         self.manager = manager
         self.port: int | None = None  # the HTTP port the session was created on
+        self.tls = False  # that port is https (``secure`` may also be true for loopback or a trusted proxy)
         self.server = manager.server
         self.clock = manager.server.clock
         self.sid = sid
@@ -509,7 +510,7 @@ class BoshSession:
 
     def redirect_to(self, node: str) -> None:
         """End the session with see-other-uri naming the same endpoint on another cluster node."""
-        scheme = "https" if self.secure else "http"
+        scheme = "https" if self.tls else "http"
         port = f":{self.port}" if self.port else ""
         self.terminate("see-other-uri", uri=f"{scheme}://{node}{port}/http-bind")
 
@@ -553,6 +554,11 @@ class BoshSession:
             self._inactivity_timer = self.clock.callLater(self.terms.inactivity, self._inactive)
         else:
             self.manager.remove(self)
+
+    def forget(self) -> None:
+        """Drop the answer kept for a late request and its timer (the node is stopping)."""
+        self.final = None
+        self._cancel_inactivity()
 
     def _end(self, reason: str, notify_core: bool) -> None:
         self.closed = True
