@@ -104,6 +104,22 @@ class AttackCase(TestCase):
         self.addCleanup(client.close)
         return client
 
+    def offline(self, expected: int) -> list[str]:
+        """Bob's stored messages, as a new session gets them."""
+        again = self.client()
+        again.login("bob", PASSWORD, "again")
+        again.sock.settimeout(5)
+        again.send("<presence/>")
+        stored: list[str] = []
+        try:
+            while len(stored) < expected:
+                element = again.next()
+                if element.tag == f"{CLIENT}message":
+                    stored.append(element.get("id"))
+        except TimeoutError:
+            pass
+        return stored
+
     def unbound(self, reason: str) -> threading.Event:
         """Set when a session ends with ``reason`` (a barrier the node itself reports)."""
         event = threading.Event()
@@ -270,21 +286,6 @@ class SlowReaderTests(AttackCase):
         self.addCleanup(client.close)
         return client
 
-    def offline(self, expected: int) -> list[str]:
-        """Bob's stored messages, as a new session gets them."""
-        again = self.client()
-        again.login("bob", PASSWORD, "again")
-        again.sock.settimeout(5)
-        again.send("<presence/>")
-        stored: list[str] = []
-        try:
-            while len(stored) < expected:
-                element = again.next()
-                if element.tag == f"{CLIENT}message":
-                    stored.append(element.get("id"))
-        except TimeoutError:
-            pass
-        return stored
 
     async def test_flooded_victim_never_reads(self) -> None:
         await self.flooded_victim(websocket=False)
@@ -338,6 +339,30 @@ class SlowReaderTests(AttackCase):
         self.assertGreater(len(errors), 0)
         self.assertEqual(sorted(received + errors, key=lambda i: int(i[1:])), [f"m{n}" for n in range(count)])
         self.assertBehaved(rtts, growth)
+
+
+class OfflineToReadingClientTests(AttackCase):
+    """Offline delivery waits for a client that reads slower than the node writes: it is never closed for it."""
+
+    extra_config = "--client-rate-limit=0\n--client-output-limit=65536\n--offline-max-messages=5000\n"
+
+    def store_and_fetch(self, count: int) -> list[str]:
+        sender = self.client()
+        sender.login("alice", PASSWORD, "sender")
+        body = "z" * 8000  # 100 per batch: twelve times the output limit in each batch
+        for n in range(count):
+            sender.send(f"<message to='bob@localhost' type='chat' id='o{n}'><body>{body}</body></message>")
+        sender.send("<iq type='get' id='barrier' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        while sender.next().get("id") != "barrier":
+            pass
+        return self.offline(count)
+
+    async def test_offline_batches_wait_for_the_reader(self) -> None:
+        count = 300
+        closed = self.unbound("resource-constraint")
+        received = await deferToThread(self.store_and_fetch, count)
+        self.assertFalse(closed.is_set(), "a reading client was closed for its offline messages")
+        self.assertEqual(received, [f"o{n}" for n in range(count)])
 
 
 class PlainOffReactorTests(AttackCase):

@@ -297,6 +297,7 @@ class OfflineMessages(Module):
                 # Written to an open stream of this node; what it cannot send before it closes, it routes again.
                 session.deliver(stanza)
             done.append(message.seq)
+            await session.stream.output_ready()  # a client not reading yet gets no more than its output limit
         try:
             await self.store.delete(user, domain, token, done)
         finally:

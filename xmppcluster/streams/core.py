@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -147,6 +147,7 @@ class ClientStream:
         # "sasl" (a SASL step in progress), "requests" (MAX_INFLIGHT IQs being answered), "output" (the
         # client does not read what we send).
         self._holds: set[str] = set()
+        self._output_waiters: list[Deferred] = []  # output_ready() callers while the client is not reading
         self._backlog: deque[domish.Element] = deque()
         self._draining = False
         self._inflight = 0
@@ -217,11 +218,30 @@ class ClientStream:
                 pause()
         self._holds.add(reason)
 
+    def output_ready(self) -> Deferred:
+        """Fires once the client reads its output again (at once when it does; also when the stream ends).
+
+        Producers of bulk output (offline messages) wait on it, so a reading client is never closed for
+        output that a slow network had not yet carried.
+        """
+        if "output" not in self._holds or self.state == "closed":
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._output_waiters.append(waiter)
+        return waiter
+
+    def _wake_output_waiters(self) -> None:
+        waiters, self._output_waiters = self._output_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
     def release_input(self, reason: str) -> None:
         """``reason`` no longer holds the input: handle the backlog, then read again if nothing else holds."""
         if reason not in self._holds:
             return
         self._holds.discard(reason)
+        if reason == "output":
+            self._wake_output_waiters()
         if self._holds or self._draining:
             return  # the drain in progress continues
         self._draining = True
@@ -567,6 +587,7 @@ class ClientStream:
         self.state = "closed"
         self._backlog.clear()
         self._holds.clear()
+        self._wake_output_waiters()
         for timer in (self._unauth_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
