@@ -38,7 +38,7 @@ def serve(db_path: str) -> None:
     from twisted.web.server import Site
 
     from xmppcluster.config import parse_text
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
     from xmppcluster.storage import open_storage
     from xmppcluster.streams.bosh import BoshResource, bosh_sessions, limited_request
 

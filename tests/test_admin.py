@@ -11,10 +11,10 @@ import sys
 from twisted.trial.unittest import TestCase
 
 from tests.support.databases import PostgresBackend, SQLiteBackend, storage_uri
-from xmppcluster import admin
 from xmppcluster.auth.credentials import verify_password
-from xmppcluster.cli import build_parser
 from xmppcluster.config import parse_text
+from xmppcluster.ops import admin
+from xmppcluster.ops.cli import build_parser
 from xmppcluster.storage import open_storage
 
 PASSWORD = "correct horse battery staple"

@@ -283,7 +283,7 @@ class CrossProtocolTests(ALPNTestCase):
 class SelectCallbackTests(TestCase):
     def test_connection_without_a_listener_gets_no_alpn(self) -> None:
         """Never a raise (OpenSSL would answer it with internal_error): no listener known, no protocol picked."""
-        from xmppcluster.tls import select_alpn
+        from xmppcluster.core.tls import select_alpn
 
         connection = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD))
         self.assertIs(select_alpn(connection, [b"xmpp-client"]), SSL.NO_OVERLAPPING_PROTOCOLS)

@@ -21,7 +21,7 @@ from tests.support.attack import MAX_RTT, under_attack
 from tests.support.server import free_port, start_server
 from tests.test_attack_auth import Bosh
 from xmppcluster.config import parse_text
-from xmppcluster.service import makeService
+from xmppcluster.ops.service import makeService
 
 ATTACKER = "127.0.0.2"
 ROUNDS = 60

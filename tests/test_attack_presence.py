@@ -16,7 +16,7 @@ from tests.support.cluster_attack import MAX_RTT, under_attack
 from tests.support.databases import SQLiteBackend
 from tests.test_cluster import PASSWORD, ClusterTestCase
 from tests.test_roster import IMHarness
-from xmppcluster.namespaces import CLIENT, STANZA_ERRORS
+from xmppcluster.core.namespaces import CLIENT, STANZA_ERRORS
 
 A, C = "alice@localhost", "carol@localhost"
 

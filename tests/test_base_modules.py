@@ -18,10 +18,10 @@ import xmppcluster
 from tests.support.databases import make_storage
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.config import parse_text
+from xmppcluster.core.server import XMPPServer
+from xmppcluster.core.sessions import Session
+from xmppcluster.core.xml import parse_element
 from xmppcluster.modules.base import Module
-from xmppcluster.server import XMPPServer
-from xmppcluster.sessions import Session
-from xmppcluster.xml import parse_element
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 

@@ -24,13 +24,13 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 from twisted.words.xish import domish
 
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.credentials import derive, salted_password
 from xmppcluster.config import parse_text
-from xmppcluster.server import XMPPServer
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.server import XMPPServer
+from xmppcluster.core.xml import parse_element
 from xmppcluster.streams.bosh import BoshResource, bosh_sessions, limited_request
 from xmppcluster.streams.bosh_session import HTTPBIND, XBOSH
-from xmppcluster.xml import parse_element
 
 DOMAIN = "example.com"
 NODE = "t1.example.com"

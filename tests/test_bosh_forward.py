@@ -8,7 +8,7 @@ from twisted.words.xish import domish
 
 from xmppcluster.cluster.bosh_forward import BoshForwarder, node_tag
 from xmppcluster.config import Config
-from xmppcluster.hooks import Hooks
+from xmppcluster.core.hooks import Hooks
 from xmppcluster.streams.bosh_session import HTTPBIND
 
 OWNER = "t2.example.com"

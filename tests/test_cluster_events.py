@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from xmppcluster.cluster.events import Events
-from xmppcluster.xml import parse_element
+from xmppcluster.core.xml import parse_element
 
 
 class Net:

@@ -29,9 +29,9 @@ from xmppcluster.cluster.directory import (
     sync_frames,
 )
 from xmppcluster.cluster.membership import MembershipStore
-from xmppcluster.sessions import Session, SessionRegistry
+from xmppcluster.core.sessions import Session, SessionRegistry
+from xmppcluster.core.xml import parse_element
 from xmppcluster.storage import open_storage
-from xmppcluster.xml import parse_element
 
 T1, T2 = "t1.example.com", "t2.example.com"
 PRESENCE = ("<presence xmlns='jabber:client'><show>away</show><status>in a meeting until three, then at the "
@@ -179,7 +179,7 @@ class LogicalOrderTests(TestCase):
         first = t1.local("alice@example.com/same")
         t2.directory.bound(t1.name, frame(describe(first)))
         now = time.time()
-        with mock.patch("xmppcluster.sessions.time.time", return_value=now - 3600):
+        with mock.patch("xmppcluster.core.sessions.time.time", return_value=now - 3600):
             second = t2.local("alice@example.com/same")  # replaces t1's entry here (core's bind)
         t1.directory.bound(t2.name, frame(describe(second)))
         self.assertEqual(first.stream.failed, "conflict")

@@ -14,7 +14,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from tests.clients.tip1 import REL_BOSH, REL_WEBSOCKET, XRD_NS, Tip1Client, fetch_host_meta
 from tests.support.server import start_server, test_ca
 from xmppcluster.config import parse_text
-from xmppcluster.hostmeta import HostMetaResource, host_meta_links, live_nodes, well_known_resource
+from xmppcluster.ops.hostmeta import HostMetaResource, host_meta_links, live_nodes, well_known_resource
 
 LAYOUT = """
 --virt-hosts=example2.com,example3.com

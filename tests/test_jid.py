@@ -1,4 +1,4 @@
-"""Tests for xmppcluster.jid: preparation, strict checks, the bounded cache."""
+"""Tests for xmppcluster.core.jid: preparation, strict checks, the bounded cache."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from twisted.trial import unittest
 from twisted.words.protocols.jabber import xmpp_stringprep
 from twisted.words.protocols.jabber.jid import JID
 
-from xmppcluster import jid as jidmod
-from xmppcluster.jid import InvalidJID, JIDCache, bare_jid, nameprep, nodeprep, parse_jid, resourceprep
+from xmppcluster.core import jid as jidmod
+from xmppcluster.core.jid import InvalidJID, JIDCache, bare_jid, nameprep, nodeprep, parse_jid, resourceprep
 
 
 class ParseTests(unittest.TestCase):

@@ -1,11 +1,11 @@
-"""xmppcluster.keyed.KeyedQueue: one job at a time per key, in order, failures isolated."""
+"""xmppcluster.core.keyed.KeyedQueue: one job at a time per key, in order, failures isolated."""
 
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from xmppcluster.keyed import KeyedQueue
+from xmppcluster.core.keyed import KeyedQueue
 
 
 class KeyedQueueTests(TestCase):

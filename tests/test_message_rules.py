@@ -18,9 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 
 from tests.test_stream_core import PASSWORD, FakeAccounts, FakeCerts, FakeTransport, el, header, plain_auth
-from xmppcluster import namespaces as ns
 from xmppcluster.config import parse_text
-from xmppcluster.server import XMPPServer
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.server import XMPPServer
 from xmppcluster.streams.core import ClientStream
 
 USERS = ("alice", "bob", "carol", "dave")

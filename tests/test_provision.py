@@ -1,4 +1,4 @@
-"""XEP-0227 import/export (xmppcluster.provision): round trip, Prosody-shaped input, safety, rate."""
+"""XEP-0227 import/export (xmppcluster.ops.provision): round trip, Prosody-shaped input, safety, rate."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.databases import PostgresBackend, SQLiteBackend, make_storage, storage_uri
 from tests.test_sasl import ScramClient, auth, response, text
-from xmppcluster import provision
 from xmppcluster.auth.credentials import verify_password
 from xmppcluster.auth.sasl import AuthThrottle, ChannelInfo, SASLServer
+from xmppcluster.ops import provision
 from xmppcluster.storage.account_data import PrivateStore, VCardStore
 from xmppcluster.storage.blocking import BlockingStore
 from xmppcluster.storage.offline import OfflineStore

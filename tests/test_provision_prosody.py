@@ -26,8 +26,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.databases import PostgresBackend, SQLiteBackend, make_storage
 from tests.test_provision import ProvisionTestsMixin
-from xmppcluster import provision
 from xmppcluster.auth.credentials import verify_password
+from xmppcluster.ops import provision
 from xmppcluster.storage.account_data import PrivateStore, VCardStore
 from xmppcluster.storage.blocking import BlockingStore
 from xmppcluster.storage.offline import OfflineStore

@@ -10,12 +10,12 @@ from twisted.words.xish import domish
 
 from tests.test_base_modules import Harness, child, error_condition
 from tests.test_message_rules import eventually
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.credentials import derive
 from xmppcluster.auth.sasl import ChannelInfo
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.xml import parse_element
 from xmppcluster.modules import register
 from xmppcluster.streams.core import ClientStream, StreamHeader
-from xmppcluster.xml import parse_element
 
 REG = "jabber:iq:register"
 ENABLED = "--virt-hosts=localhost:register,example.org:max-users=3:register,closed.org\n"

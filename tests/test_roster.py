@@ -13,13 +13,13 @@ from twisted.trial.unittest import TestCase
 from twisted.words.xish import domish
 
 from tests.support.databases import PostgresBackend, SQLiteBackend, make_storage
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.config import parse_text
-from xmppcluster.server import XMPPServer
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.server import XMPPServer
+from xmppcluster.core.xml import parse_element
 from xmppcluster.storage.roster import RosterFull, RosterItem, RosterStore
 from xmppcluster.streams.core import ClientStream, StreamHeader
-from xmppcluster.xml import parse_element
 
 ROSTER = "jabber:iq:roster"
 

@@ -18,7 +18,6 @@ from twisted.trial.unittest import TestCase
 from twisted.words.xish import domish
 
 from tests.support.xmltrees import CONTEXTS, HTTPBIND, PROPERTY, canonical, round_trip, spoiled_trees, texts, trees
-from xmppcluster import namespaces as ns
 from xmppcluster.cluster import protocol as wire
 from xmppcluster.cluster.bosh_forward import BoshForwarder, ForwardedExchange, node_tag
 from xmppcluster.cluster.directory import (
@@ -34,8 +33,9 @@ from xmppcluster.cluster.directory import (
 from xmppcluster.cluster.events import Events
 from xmppcluster.cluster.link import Link
 from xmppcluster.cluster.node import Cluster
-from xmppcluster.serializer import serialize
-from xmppcluster.xml import parse_element
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import parse_element
 
 
 class ClientSerializerRoundTrips(TestCase):

@@ -1,4 +1,4 @@
-"""xmppcluster.serializer: what it writes for the usual stanzas, its escaping, what it refuses, and its
+"""xmppcluster.core.serializer: what it writes for the usual stanzas, its escaping, what it refuses, and its
 namespace bookkeeping. Correctness is judged by our parser reading the output back (tests/test_roundtrip.py
 generates the trees), never by another serializer.
 """
@@ -9,10 +9,10 @@ from twisted.trial.unittest import TestCase
 from twisted.words.xish import domish
 
 from tests.support.xmltrees import CONTEXTS, canonical, round_trip
-from xmppcluster import namespaces as ns
-from xmppcluster import serializer, xml
-from xmppcluster.serializer import serialize
-from xmppcluster.xml import XML_NS, parse_element
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core import serializer, xml
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import XML_NS, parse_element
 
 TCP = (ns.CLIENT, {ns.STREAMS: "stream"}, ["stream"])
 

@@ -25,7 +25,7 @@ from tests.clients.raw import RawClient
 from tests.clients.tip1 import Session, WebSocket, tls_connect
 from tests.support.certs import make_cert
 from tests.support.server import RunningServer, start_server, test_ca
-from xmppcluster import cli
+from xmppcluster.ops import cli
 
 NODE = "node1.test"
 DOMAINS = ("example2.com", "example3.com")

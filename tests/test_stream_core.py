@@ -8,11 +8,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.words.xish import domish
 
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.credentials import derive
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.config import parse_text
-from xmppcluster.server import XMPPServer
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.server import XMPPServer
 from xmppcluster.streams.core import ClientStream, StreamHeader
 
 PASSWORD = "correct horse"
@@ -89,7 +89,7 @@ def header(to: str | None = "localhost", version: str | None = "1.0") -> StreamH
 
 
 def el(xml: str) -> domish.Element:
-    from xmppcluster.xml import parse_element
+    from xmppcluster.core.xml import parse_element
 
     return parse_element(xml)
 

@@ -23,8 +23,8 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from tests.support.certs import make_ca, make_cert
-from xmppcluster import tls
-from xmppcluster.tls import CertificateError, CertificateStore
+from xmppcluster.core import tls
+from xmppcluster.core.tls import CertificateError, CertificateStore
 
 
 def _der(cert: x509.Certificate) -> bytes:

@@ -2,7 +2,7 @@
 ``go-sendxmpp``), Node's tls (``@xmpp/client`` over TCP) and Chromium (Strophe.js over https and wss).
 
 The node serves a default certificate and one per vhost, so SNI switches contexts. Every server-side ALPN
-decision is recorded (a spy around ``xmppcluster.tls.select_alpn``): what each client offered and what the
+decision is recorded (a spy around ``xmppcluster.core.tls.select_alpn``): what each client offered and what the
 listener selected. Each tool is installed by ``./dev test`` (``tests/install-tls-clients``, ``tests/js/install``);
 a missing one skips its tests with the reason printed.
 """
@@ -25,7 +25,7 @@ from twisted.trial.unittest import SkipTest
 from tests.support.browser import require, run_js, spki_sha256
 from tests.support.slix import run_slixmpp
 from tests.test_alpn import DOMAINS, NODE, PASSWORD, UNKNOWN, ALPNTestCase
-from xmppcluster import tls
+from xmppcluster.core import tls
 
 
 def skip_because(reason: str) -> None:

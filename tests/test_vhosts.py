@@ -12,8 +12,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.clients.raw import SASL, RawClient, mechanisms, q
 from tests.support.server import RunningServer, start_server, test_ca
-from xmppcluster import admin
 from xmppcluster.config import parse_text
+from xmppcluster.ops import admin
 
 A, B = "a.example", "b.example"
 REGISTER = "jabber:iq:register"

@@ -24,11 +24,11 @@ from twisted.trial.unittest import TestCase
 from twisted.words.xish import domish
 
 from tests.support.server import free_port, start_server
-from xmppcluster import namespaces as ns
 from xmppcluster.config import Listener, parse_text
-from xmppcluster.server import XMPPServer
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.server import XMPPServer
+from xmppcluster.core.xml import parse_element
 from xmppcluster.streams.websocket import XMPPWebSocketFactory, normalize_origin
-from xmppcluster.xml import parse_element
 
 FRAMING = ns.FRAMING
 OPEN = f"<open xmlns='{FRAMING}' to='localhost' version='1.0'/>"
@@ -541,7 +541,7 @@ class SeedTests(TestCase):
         config = parse_text("c2s/connections/ports[i]=\nbosh/connections/ports[i]=\n" + seed)
         listeners = {(lst.port, lst.socket, lst.type) for lst in config.listeners("ws2s")}
         self.assertEqual(listeners, {(plain, "plain", "accept"), (ssl, "ssl", "accept")})
-        from xmppcluster.service import makeService
+        from xmppcluster.ops.service import makeService
 
         service = makeService(config)
         service.startService()

@@ -1,4 +1,4 @@
-"""Tests for xmppcluster.xml: restricted XML, stanza limits, linear text, namespaces, reset."""
+"""Tests for xmppcluster.core.xml: restricted XML, stanza limits, linear text, namespaces, reset."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import weakref
 
 from twisted.trial import unittest
 
-from xmppcluster import xml
-from xmppcluster.xml import XML_NS, StreamFault, StreamParser, parse_element
+from xmppcluster.core import xml
+from xmppcluster.core.xml import XML_NS, StreamFault, StreamParser, parse_element
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
 HEADER = (

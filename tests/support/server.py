@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.certs import TestCA, make_ca, make_cert
 from xmppcluster.config import parse_text
-from xmppcluster.service import ServerService, makeService
+from xmppcluster.ops.service import ServerService, makeService
 
 _CA: TestCA | None = None
 

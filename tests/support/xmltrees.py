@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from twisted.words.xish.domish import Element
 
-from xmppcluster import namespaces as ns
-from xmppcluster.serializer import serialize
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import XML_NS, StreamParser, parse_element
 from xmppcluster.streams import tcp, websocket
 from xmppcluster.streams.bosh_session import render_body
-from xmppcluster.xml import XML_NS, StreamParser, parse_element
 
 HTTPBIND = "http://jabber.org/protocol/httpbind"
 XMLNS_NS = "http://www.w3.org/2000/xmlns/"

@@ -15,12 +15,12 @@ class _XmppClusterServiceMaker:
 
     @property
     def options(self):
-        from xmppcluster.tap import Options
+        from xmppcluster.ops.tap import Options
 
         return Options
 
     def makeService(self, options):
-        from xmppcluster.tap import makeService
+        from xmppcluster.ops.tap import makeService
 
         return makeService(options)
 

@@ -26,7 +26,7 @@ from xml.sax.saxutils import quoteattr
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from xmppcluster.serializer import serialize
+from xmppcluster.core.serializer import serialize
 from xmppcluster.streams.bosh import bosh_sessions, render_body
 from xmppcluster.streams.bosh_session import DEFAULT_CONTENT_TYPE, Exchange
 

@@ -1,7 +1,7 @@
 """The replicated session directory: sessions of other nodes, as seen on this one.
 
 Each entry is owned by the node hosting the session and changed only by its events (bound, state,
-unbound, sync). A :class:`RemoteSession` sits in the same :class:`~xmppcluster.sessions.SessionRegistry`
+unbound, sync). A :class:`RemoteSession` sits in the same :class:`~xmppcluster.core.sessions.SessionRegistry`
 as local sessions, so routing, presence and roster pushes treat every resource of the cluster alike;
 delivering to it sends the stanza over the owner's link: one hop.
 
@@ -25,9 +25,9 @@ from xml.sax.saxutils import quoteattr
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from xmppcluster.namespaces import CLIENT
-from xmppcluster.serializer import serialize
-from xmppcluster.sessions import Session
+from xmppcluster.core.namespaces import CLIENT
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.sessions import Session
 
 if TYPE_CHECKING:
     from xmppcluster.cluster.node import Cluster

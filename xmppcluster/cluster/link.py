@@ -29,8 +29,8 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.cluster import protocol as wire
-from xmppcluster.tls import channel_binding
-from xmppcluster.xml import StreamFault, parse_element
+from xmppcluster.core.tls import channel_binding
+from xmppcluster.core.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.cluster.node import Cluster

@@ -33,13 +33,13 @@ from xmppcluster.cluster.directory import Directory, describe, directed_delta, s
 from xmppcluster.cluster.events import Events
 from xmppcluster.cluster.link import Link, LinkFactory
 from xmppcluster.config import ClusterNode
-from xmppcluster.namespaces import CLIENT
-from xmppcluster.serializer import serialize
-from xmppcluster.xml import StreamFault, parse_element
+from xmppcluster.core.namespaces import CLIENT
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
-    from xmppcluster.server import XMPPServer
-    from xmppcluster.sessions import Session
+    from xmppcluster.core.server import XMPPServer
+    from xmppcluster.core.sessions import Session
 
 log = Logger()
 

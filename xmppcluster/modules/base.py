@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 if TYPE_CHECKING:
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
     from xmppcluster.streams.core import ClientStream
 
 

@@ -26,16 +26,16 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
-from xmppcluster.hooks import OUTGOING_HOOKS
-from xmppcluster.jid import InvalidJID, parse_jid
-from xmppcluster.keyed import KeyedQueue
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.hooks import OUTGOING_HOOKS
+from xmppcluster.core.jid import InvalidJID, parse_jid
+from xmppcluster.core.keyed import KeyedQueue
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.sessions import Session
+from xmppcluster.core.xml import parse_element
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
-from xmppcluster.serializer import serialize
-from xmppcluster.sessions import Session
 from xmppcluster.storage.blocking import BlockingStore, BlocklistFull
 from xmppcluster.storage.errors import NoSuchAccount
-from xmppcluster.xml import parse_element
 
 NS = "urn:xmpp:blocking"
 ERRORS = "urn:xmpp:blocking:errors"

@@ -14,8 +14,8 @@ from typing import Any
 
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
-from xmppcluster.jid import parse_jid
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.jid import parse_jid
 from xmppcluster.modules.base import Module, StanzaError, iq
 
 INFO = "http://jabber.org/protocol/disco#info"

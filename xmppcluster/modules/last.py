@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
+from xmppcluster.core import stanza as stanzas
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.modules.disco import presence_authorized, requester
 from xmppcluster.storage.account_data import LastActivityStore

@@ -25,15 +25,15 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.words.xish import domish
 
-from xmppcluster.keyed import KeyedQueue
+from xmppcluster.core.keyed import KeyedQueue
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.sessions import Session
+from xmppcluster.core.stanza import utc_stamp
+from xmppcluster.core.xml import StreamFault, parse_element
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.blocking import blocked_by
-from xmppcluster.serializer import serialize
-from xmppcluster.sessions import Session
-from xmppcluster.stanza import utc_stamp
 from xmppcluster.storage.errors import NoSuchAccount
 from xmppcluster.storage.offline import OfflineQueueFull, OfflineStore
-from xmppcluster.xml import StreamFault, parse_element
 
 DELAY = "urn:xmpp:delay"
 HINTS = "urn:xmpp:hints"

@@ -17,15 +17,15 @@ from typing import Any
 
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
-from xmppcluster.jid import InvalidJID, parse_jid
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.jid import InvalidJID, parse_jid
+from xmppcluster.core.namespaces import CLIENT
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import parse_element
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.roster import RosterModule, split_bare
 from xmppcluster.modules.subscription import KINDS, SUBSCRIBE, SUBSCRIBED, Transition, inbound, outbound
-from xmppcluster.namespaces import CLIENT
-from xmppcluster.serializer import serialize
 from xmppcluster.storage.roster import Change, RosterFull
-from xmppcluster.xml import parse_element
 
 PRE_APPROVAL = "urn:xmpp:features:pre-approval"
 FROM = ("from", "both")

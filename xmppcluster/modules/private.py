@@ -13,13 +13,13 @@ from typing import Any
 
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import parse_element
 from xmppcluster.modules.base import Module, StanzaError, iq
 from xmppcluster.modules.disco import requester
-from xmppcluster.serializer import serialize
 from xmppcluster.storage.account_data import PrivateStore, QuotaExceeded
 from xmppcluster.storage.errors import NoSuchAccount
-from xmppcluster.xml import parse_element
 
 PRIVATE = "jabber:iq:private"
 RESERVED_PREFIXES = ("jabber:", "http://jabber.org/", "vcard-temp")

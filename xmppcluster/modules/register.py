@@ -21,10 +21,10 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
 from xmppcluster.auth.credentials import saslprep
 from xmppcluster.auth.throttle import peer_key
-from xmppcluster.jid import InvalidJID, nodeprep, parse_jid
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.jid import InvalidJID, nodeprep, parse_jid
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.storage.errors import AccountExists, NoSuchAccount
 

@@ -20,9 +20,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
-from xmppcluster.jid import InvalidJID, parse_jid
-from xmppcluster.keyed import KeyedQueue
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.jid import InvalidJID, parse_jid
+from xmppcluster.core.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.modules.subscription import State, Transition
 from xmppcluster.storage.roster import Change, PendingTooLarge, RosterFull, RosterItem, RosterStore

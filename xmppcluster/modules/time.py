@@ -6,9 +6,9 @@ from typing import Any
 
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.stanza import utc_stamp
 from xmppcluster.modules.base import Module, iq
-from xmppcluster.stanza import utc_stamp
 
 TIME = "urn:xmpp:time"
 

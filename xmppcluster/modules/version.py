@@ -11,7 +11,7 @@ from typing import Any
 from twisted.words.xish import domish
 
 import xmppcluster
-from xmppcluster import stanza as stanzas
+from xmppcluster.core import stanza as stanzas
 from xmppcluster.modules.base import Module, iq
 
 VERSION = "jabber:iq:version"

@@ -14,7 +14,7 @@ class BlocklistFull(StorageError):
 
 
 class BlockingStore:
-    """Blocklists of every hosted account; JIDs arrive already prepared (see :mod:`xmppcluster.jid`)."""
+    """Blocklists of every hosted account; JIDs arrive already prepared (see :mod:`xmppcluster.core.jid`)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

@@ -18,9 +18,10 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.throttle import peer_key
-from xmppcluster.jid import InvalidJID, parse_jid
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.jid import InvalidJID, parse_jid
+from xmppcluster.core.xml import StreamFault, parse_element
 from xmppcluster.streams.bosh_session import (
     BOSH_VERSION,
     DEFAULT_CONTENT_TYPE,
@@ -38,11 +39,10 @@ from xmppcluster.streams.bosh_session import (
 from xmppcluster.streams.core import StreamHeader
 from xmppcluster.streams.peers import ClientOrigin, client_policy
 from xmppcluster.streams.throttle import log_budget
-from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.config import Config, Listener
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
 
 __all__ = ["BoshResource", "BoshSession", "BoshSessions", "BoshSettings", "bosh_sessions", "limited_request"]
 

@@ -17,11 +17,11 @@ from xml.sax.saxutils import quoteattr
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
-from xmppcluster.serializer import serialize
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import StreamFault, parse_element
 from xmppcluster.streams.core import ClientStream, StreamHeader
-from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.streams.bosh import BoshSessions

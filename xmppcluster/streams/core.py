@@ -22,18 +22,18 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from xmppcluster import namespaces as ns
-from xmppcluster import stanza as stanzas
 from xmppcluster.auth.sasl import ChannelInfo, SASLServer
-from xmppcluster.hooks import OUTGOING_HOOKS
-from xmppcluster.jid import InvalidJID, parse_jid, resourceprep
-from xmppcluster.sessions import Session
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.hooks import OUTGOING_HOOKS
+from xmppcluster.core.jid import InvalidJID, parse_jid, resourceprep
+from xmppcluster.core.sessions import Session
+from xmppcluster.core.tls import channel_bindings
+from xmppcluster.core.xml import StreamFault, parse_element
 from xmppcluster.streams.throttle import log_budget
-from xmppcluster.tls import channel_bindings
-from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
 
 log = Logger()
 

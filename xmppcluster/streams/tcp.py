@@ -15,18 +15,18 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
-from xmppcluster.serializer import serialize as fast_serialize
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.serializer import serialize as fast_serialize
+from xmppcluster.core.xml import StreamFault, StreamParser
 from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, stream_error, tls_channel_info
 from xmppcluster.streams.flow import InputGate, OutputQueue
 from xmppcluster.streams.peers import client_policy
 from xmppcluster.streams.throttle import Lease, ReadThrottle, connection_limit, log_budget
-from xmppcluster.xml import StreamFault, StreamParser
 
 if TYPE_CHECKING:
     from xmppcluster.config import Listener
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
 
 log = Logger()
 

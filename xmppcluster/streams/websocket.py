@@ -33,18 +33,18 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.words.xish import domish
 
-from xmppcluster import namespaces as ns
 from xmppcluster.auth.sasl import ChannelInfo
-from xmppcluster.serializer import serialize as fast_serialize
+from xmppcluster.core import namespaces as ns
+from xmppcluster.core.serializer import serialize as fast_serialize
+from xmppcluster.core.xml import StreamFault, parse_element
 from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, tls_channel_info
 from xmppcluster.streams.flow import InputGate, OutputQueue
 from xmppcluster.streams.peers import client_policy
 from xmppcluster.streams.throttle import Lease, ReadThrottle, connection_limit, log_budget
-from xmppcluster.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.config import Listener
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
 
 __all__ = ["SUBPROTOCOL", "WebSocketSettings", "XMPPWebSocketFactory", "XMPPWebSocketProtocol",
            "websocket_resource", "websocket_root"]

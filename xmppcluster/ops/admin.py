@@ -30,7 +30,7 @@ class AdminError(Exception):
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run one account command (``args`` from :func:`xmppcluster.cli.build_parser`); returns the exit code."""
+    """Run one account command (``args`` from :func:`xmppcluster.ops.cli.build_parser`); returns the exit code."""
     from xmppcluster.config import ConfigError, load
 
     try:

@@ -17,7 +17,7 @@ from xmppcluster.streams.throttle import connection_limit, log_budget
 
 if TYPE_CHECKING:
     from xmppcluster.config import Listener
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
 
 
 log = Logger()
@@ -95,7 +95,7 @@ def build_site(server: XMPPServer, listener: Listener) -> Site:
         bosh = BoshResource(server, listener)
         root.putChild(b"http-bind", bosh)
         root.putChild(b"xmpp-websocket", websocket_resource(server, listener))
-    from xmppcluster.hostmeta import mount
+    from xmppcluster.ops.hostmeta import mount
 
     mount(root, server)  # /.well-known/host-meta[.json] (XEP-0156)
     site = XmppSite(root)

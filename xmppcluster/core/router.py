@@ -13,13 +13,13 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from xmppcluster import stanza as stanzas
-from xmppcluster.jid import InvalidJID, parse_jid
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.jid import InvalidJID, parse_jid
+from xmppcluster.core.sessions import Session
 from xmppcluster.modules.base import StanzaError
-from xmppcluster.sessions import Session
 
 if TYPE_CHECKING:
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
 
 log = Logger()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from xmppcluster.tls import CertificateError
+from xmppcluster.core.tls import CertificateError
 
 __all__ = ["DEFAULT_PIDFILE", "SighupReloader", "reload_certificates", "reload_certs_main"]
 

@@ -10,7 +10,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, T
 from twisted.logger import Logger
 
 from xmppcluster.config import Config, Listener
-from xmppcluster.tls import CertificateStore
+from xmppcluster.core.tls import CertificateStore
 
 log = Logger()
 
@@ -35,14 +35,14 @@ class ServerService(service.MultiService):
         for warning in self.config.warnings:  # once, at start (check-config prints the same lines)
             # Not a "warning" field: trial and twisted.logger treat that name as a Python warning.
             log.warn("configuration: {problem}", problem=warning)
-        from xmppcluster.reload import SighupReloader
+        from xmppcluster.ops.reload import SighupReloader
 
         self.sighup = SighupReloader(self.certs, self.reactor)  # SIGHUP re-reads certs/*.pem
         self.sighup.install()
         defer.ensureDeferred(self._start()).addCallbacks(self.ready.callback, self._start_failed)
 
     async def _start(self) -> Any:
-        from xmppcluster.server import XMPPServer
+        from xmppcluster.core.server import XMPPServer
         from xmppcluster.storage import open_storage
         from xmppcluster.storage.secrets import shared_secret
 
@@ -78,7 +78,7 @@ class ServerService(service.MultiService):
         if listener.component == "cl-comp":
             return self.server.cluster.factory() if self.server.cluster is not None else None
         if listener.component in ("bosh", "ws2s"):
-            from xmppcluster.http import build_site
+            from xmppcluster.ops.http import build_site
 
             return build_site(self.server, listener)
         return None

@@ -35,10 +35,10 @@ from twisted.internet.defer import Deferred
 from twisted.words.xish.domish import Element
 
 from xmppcluster.auth.credentials import DEFAULT_ITERATIONS, SCRAM_HASHES, ScramCredentials, derive
-from xmppcluster.jid import InvalidJID, nameprep, nodeprep, parse_jid
-from xmppcluster.serializer import serialize
+from xmppcluster.core.jid import InvalidJID, nameprep, nodeprep, parse_jid
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import new_child, qualify
 from xmppcluster.storage.database import POSTGRESQL, Cursor, Database
-from xmppcluster.xml import new_child, qualify
 
 __all__ = [
     "Account",
@@ -1011,7 +1011,7 @@ def _load_config(path: str) -> Any:
 
 def import_main(args: argparse.Namespace) -> int:
     """``xmppcluster import FILE...``: 0 done (warnings possible), 1 failed, 2 bad configuration."""
-    from xmppcluster.admin import _react
+    from xmppcluster.ops.admin import _react
 
     config = _load_config(args.config)
     if config is None:
@@ -1049,7 +1049,7 @@ async def _import(args: argparse.Namespace, config: Any) -> int:
 
 def export_main(args: argparse.Namespace) -> int:
     """``xmppcluster export [FILE]``: 0 done, 1 failed, 2 bad configuration."""
-    from xmppcluster.admin import _react
+    from xmppcluster.ops.admin import _react
 
     config = _load_config(args.config)
     if config is None:

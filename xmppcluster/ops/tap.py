@@ -7,7 +7,7 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
-from xmppcluster.cli import DEFAULT_CONFIG
+from xmppcluster.ops.cli import DEFAULT_CONFIG
 
 #: Command-line options that override the global key of the same name in the file.
 OVERRIDES = ("node-name", "virt-hosts", "user-db-uri", "cluster-mode", "cluster-nodes", "admins",
@@ -34,6 +34,6 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from xmppcluster.service import makeService as build
+    from xmppcluster.ops.service import makeService as build
 
     return build(options["parsed"])

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from xmppcluster.auth.throttle import AuthThrottle
-from xmppcluster.hooks import Hooks
+from xmppcluster.core.hooks import Hooks
+from xmppcluster.core.router import Router
+from xmppcluster.core.sessions import SessionRegistry
 from xmppcluster.modules import available_modules, module_domains
 from xmppcluster.modules.base import Module
-from xmppcluster.router import Router
-from xmppcluster.sessions import SessionRegistry
 
 if TYPE_CHECKING:
     from xmppcluster.config import Config
+    from xmppcluster.core.tls import CertificateStore
     from xmppcluster.storage import Storage
     from xmppcluster.streams.core import ClientStream
-    from xmppcluster.tls import CertificateStore
 
 log = Logger()
 

@@ -69,18 +69,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return cluster_status_main(args.config)
     if args.command == "gencert":
-        from xmppcluster.tls import gencert_main
+        from xmppcluster.core.tls import gencert_main
 
         return gencert_main(args.config, args.names, out=args.out, force=args.force)
     if args.command in ("import", "export"):
-        from xmppcluster import provision
+        from xmppcluster.ops import provision
 
         return provision.import_main(args) if args.command == "import" else provision.export_main(args)
     if args.command == "reload-certs":
-        from xmppcluster.reload import reload_certs_main
+        from xmppcluster.ops.reload import reload_certs_main
 
         return reload_certs_main(args.pidfile, force=args.force)
-    from xmppcluster import admin
+    from xmppcluster.ops import admin
 
     return admin.main(args)
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from xmppcluster.config import Config
-    from xmppcluster.server import XMPPServer
+    from xmppcluster.core.server import XMPPServer
 
 __all__ = ["REL_BOSH", "REL_WEBSOCKET", "XRD_NS", "HostMetaResource", "Link", "host_meta_links", "live_nodes",
            "mount", "render_jrd", "render_xrd", "requested_domain", "well_known_resource"]

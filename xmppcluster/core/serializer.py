@@ -9,7 +9,7 @@ structure: nothing in a name, a namespace, a value or a text can open, close or 
   (XML cannot carry it at all);
 * element and attribute names, prefixes: XML names without a colon (NCName); ``xmlns`` is no attribute
   name; otherwise :class:`ValueError`;
-* namespace names: what :func:`xmppcluster.xml.namespace_allowed` accepts (the parser refuses the rest
+* namespace names: what :func:`xmppcluster.core.xml.namespace_allowed` accepts (the parser refuses the rest
   with ``invalid-namespace``, so no escaped form of them would be accepted anywhere): else
   :class:`ValueError`. The reserved XML namespaces are only ever written with their ``xml:`` prefix.
 
@@ -28,7 +28,7 @@ import re
 
 from twisted.words.xish.domish import Element, SerializedXML
 
-from xmppcluster.xml import namespace_allowed
+from xmppcluster.core.xml import namespace_allowed
 
 __all__ = ["serialize"]
 

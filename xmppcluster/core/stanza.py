@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from twisted.words.xish import domish
 
-from xmppcluster.namespaces import CLIENT, STANZA_ERRORS
+from xmppcluster.core.namespaces import CLIENT, STANZA_ERRORS
 
 #: RFC 6120 §8.3.3: the default error type of each stanza error condition.
 ERROR_TYPES = {
