@@ -21,6 +21,7 @@ from xmppcluster.config import parse_text
 from xmppcluster.core.server import XMPPServer
 from xmppcluster.core.sessions import Session
 from xmppcluster.core.xml import parse_element
+from xmppcluster.modules import load_modules
 from xmppcluster.modules.base import Module
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -109,7 +110,7 @@ class Harness:
         server = XMPPServer(parse_text("--virt-hosts=localhost,example.org\n" + config), storage, None,
                             clock=Clock())
         server.clock.advance(1_700_000_000)
-        server.load_modules(modules)
+        load_modules(server, modules)
         server.start()
         test.addCleanup(server.stop)
         return cls(server)

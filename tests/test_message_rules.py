@@ -21,6 +21,7 @@ from tests.test_stream_core import PASSWORD, FakeAccounts, FakeCerts, FakeTransp
 from xmppcluster.config import parse_text
 from xmppcluster.core import namespaces as ns
 from xmppcluster.core.server import XMPPServer
+from xmppcluster.modules import load_modules
 from xmppcluster.streams.core import ClientStream
 
 USERS = ("alice", "bob", "carol", "dave")
@@ -50,7 +51,7 @@ def make_server(*, modules: tuple[str, ...] = (), db: Any = None, config: str = 
     """A server with exactly ``modules`` loaded and started (no listeners, a task.Clock)."""
     base = "--auth-failure-delay=1.0\n--unauthenticated-timeout=60\n--idle-timeout=600\n"
     server = XMPPServer(parse_text(base + config), TestStorage(db), FakeCerts(), clock=Clock())
-    server.load_modules(list(modules))
+    load_modules(server, list(modules))
     server.start()
     return server
 

@@ -18,6 +18,7 @@ from xmppcluster.config import parse_text
 from xmppcluster.core import namespaces as ns
 from xmppcluster.core.server import XMPPServer
 from xmppcluster.core.xml import parse_element
+from xmppcluster.modules import load_modules
 from xmppcluster.storage.roster import RosterFull, RosterItem, RosterStore
 from xmppcluster.streams.core import ClientStream, StreamHeader
 
@@ -157,7 +158,7 @@ class IMHarness:
         self.storage = await make_storage(self, self.backend)
         text = "--virt-hosts=localhost,example.net\n--unauthenticated-timeout=60\n--idle-timeout=600\n" + config
         self.server = XMPPServer(parse_text(text), self.storage, None, clock=Clock())
-        self.server.load_modules(["jabber:iq:roster", "presence"])
+        load_modules(self.server, ["jabber:iq:roster", "presence"])
         self.server.start()
         self.roster = self.server.modules["jabber:iq:roster"]
         self.addCleanup(lambda: ensureDeferred(self.settle()))

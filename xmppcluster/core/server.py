@@ -14,12 +14,11 @@ from xmppcluster.auth.throttle import AuthThrottle
 from xmppcluster.core.hooks import Hooks
 from xmppcluster.core.router import Router
 from xmppcluster.core.sessions import SessionRegistry
-from xmppcluster.modules import available_modules, module_domains
-from xmppcluster.modules.base import Module
 
 if TYPE_CHECKING:
     from xmppcluster.config import Config
     from xmppcluster.core.tls import CertificateStore
+    from xmppcluster.modules.base import Module
     from xmppcluster.storage import Storage
     from xmppcluster.streams.core import ClientStream
 
@@ -92,15 +91,8 @@ class XMPPServer:
 
     # -- modules ---------------------------------------------------------------------------------
 
-    def load_modules(self, names: list[str] | None = None) -> None:
-        """Instantiate and wire the enabled modules (``--sm-plugins``), or exactly ``names``."""
-        serving = module_domains(self.config)
-        for name in sorted(serving) if names is None else names:
-            module = available_modules()[name](self)
-            module.domains = serving.get(name, self.domains)
-            self.add_module(module)
-
     def add_module(self, module: Module) -> None:
+        """Wire one module's IQ handlers and hooks (``modules.load_modules`` instantiates them)."""
         self.modules[module.name] = module
         for kind, spec, fn in module.handlers():
             if kind == "iq":

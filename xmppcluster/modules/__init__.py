@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xmppcluster.core.server import XMPPServer
 
 
 @cache
@@ -59,3 +62,12 @@ def module_domains(config: Any) -> dict[str, frozenset[str]]:
         if domains:
             result[name] = domains
     return result
+
+
+def load_modules(server: XMPPServer, names: list[str] | None = None) -> None:
+    """Instantiate the enabled modules (``--sm-plugins``), or exactly ``names``, and add them to ``server``."""
+    serving = module_domains(server.config)
+    for name in sorted(serving) if names is None else names:
+        module = available_modules()[name](server)
+        module.domains = serving.get(name, server.domains)
+        server.add_module(module)

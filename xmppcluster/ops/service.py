@@ -43,6 +43,7 @@ class ServerService(service.MultiService):
 
     async def _start(self) -> Any:
         from xmppcluster.core.server import XMPPServer
+        from xmppcluster.modules import load_modules
         from xmppcluster.storage import open_storage
         from xmppcluster.storage.secrets import shared_secret
 
@@ -50,7 +51,7 @@ class ServerService(service.MultiService):
                                      scram_iterations=self.config.get("--", "scram-iterations"))
         self.server = XMPPServer(self.config, storage, self.certs, clock=self.reactor)
         self.server.sasl_secret = await shared_secret(storage.db, "sasl-fake-salt")
-        self.server.load_modules()
+        load_modules(self.server)
         self.server.start()
         if self.config.cluster_mode:
             from xmppcluster.cluster.node import Cluster
