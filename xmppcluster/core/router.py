@@ -16,7 +16,7 @@ from twisted.words.xish import domish
 from xmppcluster.core import stanza as stanzas
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.sessions import Session
-from xmppcluster.modules.base import StanzaError
+from xmppcluster.core.stanza import StanzaError
 
 if TYPE_CHECKING:
     from xmppcluster.core.server import XMPPServer

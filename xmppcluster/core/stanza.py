@@ -35,6 +35,16 @@ ERROR_TYPES = {
 }
 
 
+class StanzaError(Exception):
+    """Raised by a handler to answer with a stanza error (RFC 6120 §8.3)."""
+
+    def __init__(self, condition: str, text: str | None = None, type: str | None = None) -> None:
+        super().__init__(condition)
+        self.condition = condition
+        self.text = text
+        self.type = type
+
+
 def make(name: str, *, to: str | None = None, frm: str | None = None, type: str | None = None,
          id: str | None = None) -> domish.Element:
     """A new stanza in jabber:client."""

@@ -8,19 +8,13 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from xmppcluster.core.stanza import StanzaError
+
+__all__ = ["Module", "StanzaError", "hook", "iq"]
+
 if TYPE_CHECKING:
     from xmppcluster.core.server import XMPPServer
     from xmppcluster.streams.core import ClientStream
-
-
-class StanzaError(Exception):
-    """Raised by a handler to answer with a stanza error (RFC 6120 §8.3)."""
-
-    def __init__(self, condition: str, text: str | None = None, type: str | None = None) -> None:
-        super().__init__(condition)
-        self.condition = condition
-        self.text = text
-        self.type = type
 
 
 def iq(type: str, namespace: str, *, to: tuple[str, ...] = ("server",)) -> Callable:
