@@ -9,7 +9,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.databases import SQLiteBackend, make_storage
 from tests.test_message_rules import Client, make_server
-from xmppcluster.cluster.node import Cluster, _envelope, _kept
+from xmppcluster.cluster.delivery import envelope as _envelope
+from xmppcluster.cluster.delivery import kept as _kept
+from xmppcluster.cluster.node import Cluster
 
 STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
@@ -65,25 +67,26 @@ class RoutedFrameTests(TestCase):
     def test_relayed_frames_count_on_the_relay_link_and_keep_their_destination(self) -> None:
         relay = FakeLink("t3.example.com", reaches=("t2.example.com",))
         self.cluster.links["t3.example.com"] = relay
-        self.cluster._sent["t3.example.com"] = 0
-        self.cluster._outbox["t3.example.com"] = deque()
+        self.cluster.delivery.sent["t3.example.com"] = 0
+        self.cluster.delivery.outbox["t3.example.com"] = deque()
         chat = b"<message xmlns='jabber:client' from='alice@localhost/pc' to='bob@localhost/b' type='chat'/>"
         presence = b"<presence xmlns='jabber:client' from='alice@localhost/pc' to='bob@localhost/b'/>"
-        self.cluster._route_body("t2.example.com", chat, "bob@localhost/b", keep=True)
-        self.cluster._route_body("t2.example.com", presence, "bob@localhost/b", keep=False)
+        self.cluster.delivery.route("t2.example.com", chat, "bob@localhost/b", keep=True)
+        self.cluster.delivery.route("t2.example.com", presence, "bob@localhost/b", keep=False)
         self.assertEqual([node for node, _, _ in relay.routed], ["t2.example.com", "t2.example.com"])
-        self.assertEqual(self.cluster._sent["t3.example.com"], 2)  # the relay's acknowledgements count both
-        self.assertEqual(list(self.cluster._outbox["t3.example.com"]), [(1, chat, "bob@localhost/b", "t2.example.com")])
+        self.assertEqual(self.cluster.delivery.sent["t3.example.com"], 2)  # the relay's acknowledgements count both
+        self.assertEqual(list(self.cluster.delivery.outbox["t3.example.com"]),
+                         [(1, chat, "bob@localhost/b", "t2.example.com")])
 
     def test_a_stanza_too_large_for_a_frame_is_bounced_by_the_sender(self) -> None:
         link = FakeLink("t2.example.com")
         self.cluster.links["t2.example.com"] = link
-        self.cluster._sent["t2.example.com"] = 0
-        self.cluster._outbox["t2.example.com"] = deque()
+        self.cluster.delivery.sent["t2.example.com"] = 0
+        self.cluster.delivery.outbox["t2.example.com"] = deque()
         self.cluster.max_frame_bytes = 10_000
         body = (b"<message xmlns='jabber:client' from='alice@localhost/pc' to='bob@localhost/b' id='big' "
                 b"type='chat'><body>" + b"x" * 10_000 + b"</body></message>")
-        self.cluster._route_body("t2.example.com", body, "bob@localhost/b", keep=True)
+        self.cluster.delivery.route("t2.example.com", body, "bob@localhost/b", keep=True)
         self.assertEqual(link.routed, [])
         error, = self.alice.take("message")
         self.assertEqual((error["id"], error_condition(error)), ("big", "policy-violation"))

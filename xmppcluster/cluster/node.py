@@ -1,4 +1,13 @@
-"""This node's place in the cluster: links to peers, the replicated directory, failure handling.
+"""This node's place in the cluster: a thin :class:`Cluster` composing the parts, each with one job.
+
+- membership (here and :mod:`~xmppcluster.cluster.membership`): who the peers are, the ``cluster_nodes`` row;
+- :class:`~xmppcluster.cluster.dialer.Dialer`: dialing the peers this node initiates to, with backoff;
+- :class:`~xmppcluster.cluster.link.Link`: one authenticated link, its heartbeats and acknowledgements;
+- :class:`~xmppcluster.cluster.failure.FailureDetector`: suspects, and when a suspect is dead;
+- :class:`~xmppcluster.cluster.delivery.Delivery`: routed stanzas, the outbox and acks, relays, replay;
+- :class:`~xmppcluster.cluster.directory.Directory`: the replicated session directory;
+- :class:`~xmppcluster.cluster.events.Events`: numbered cache events and their resync.
+
 
 - Peers come from ``--cluster-nodes`` (static) or, when that is empty, from the ``cluster_nodes``
   table of the shared database (each node heartbeats its row; stale rows are ignored).
@@ -15,12 +24,10 @@
 
 from __future__ import annotations
 
-import re
 import secrets as _secrets
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr, unescape
+from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ClientEndpoint
@@ -29,21 +36,21 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.cluster import protocol as wire
+from xmppcluster.cluster.delivery import Delivery, kept_type
+from xmppcluster.cluster.dialer import Dialer
 from xmppcluster.cluster.directory import Directory, describe, directed_delta, sync_frames
 from xmppcluster.cluster.events import Events
+from xmppcluster.cluster.failure import FailureDetector
 from xmppcluster.cluster.link import Link, LinkFactory
 from xmppcluster.config import ClusterNode
-from xmppcluster.core.namespaces import CLIENT
+from xmppcluster.core import events as ev
 from xmppcluster.core.serializer import serialize
-from xmppcluster.core.xml import StreamFault, parse_element
 
 if TYPE_CHECKING:
     from xmppcluster.core.server import XMPPServer
     from xmppcluster.core.sessions import Session
 
 log = Logger()
-
-ROUTED_TYPES_KEPT = frozenset((None, "normal", "chat"))
 
 
 class Cluster:
@@ -74,16 +81,11 @@ class Cluster:
         self.events = Events(self)
         self.events.on_reset = self._reset_caches
         self.started_at = time.time()
-        # Routed messages not yet acknowledged, per link: (number, serialized stanza, session JID, the node of
-        # that session: this link's peer, or the node it relays to). Kept as text, not
-        # as the parsed tree: a tree (parent <-> child cycles) held ~1 s reaches the oldest GC generation and
-        # makes its full collections take 100-250 ms at a few thousand messages/s.
-        self._outbox: dict[str, deque[tuple[int, bytes, str, str]]] = {}
-        self._sent: dict[str, int] = {}
-        self._connecting: dict[str, Any] = {}
-        self._backoff: dict[str, float] = {}
-        self._suspects: dict[str, float] = {}  # node -> since when it is unreachable
-        self._waiting: dict[str, list[tuple[bytes, str, bool]]] = {}  # (stanza UTF-8, jid, kept) per unreachable node
+        self.delivery = Delivery(self)
+        self.dialer = Dialer(self.clock, self._dial)
+        self.failure = FailureDetector(self.clock, self.failure_timeout, linked=lambda peer: peer in self.links,
+                                       reached=lambda peer: self._relay_for(peer) is not None,
+                                       dead=self._declare_dead)
         self._stopping = False
         self._sweeper = None
         self.bosh = None
@@ -100,17 +102,7 @@ class Cluster:
         await self.publish()
         if not self.static:
             await self.refresh_members()
-        hooks = self.server.hooks
-        hooks.add("session/bound", self._local_bound, 1000)
-        hooks.add("presence/broadcast", self._local_state, 1000)
-        hooks.add("session/directed", self._local_directed, 1000)
-        hooks.add("session/interested", self._local_changed, 1000)
-        hooks.add("session/unbound", self._local_unbound, 1000)
-        hooks.add("roster/changed", self._roster_changed, -1000)
-        hooks.add("remote/roster/changed", self._remote_roster_changed)
-        hooks.add("blocking/changed", self._blocking_changed, -1000)
-        hooks.add("remote/blocking/changed", self._remote_blocking_changed)
-        hooks.add("offline/waiting", self._offline_waiting)
+        self.subscribe()
         from xmppcluster.cluster.bosh_forward import BoshForwarder
 
         self.bosh = BoshForwarder(self)
@@ -118,13 +110,23 @@ class Cluster:
         log.info("cluster node {name}: peers {peers}", name=self.name,
                  peers=", ".join(sorted(self.peers())) or "none yet")
 
+    def subscribe(self) -> None:
+        """Observe this node's session and cache events (sent to peers)."""
+        on = self.server.hooks.on
+        on(ev.SESSION_BOUND, self._local_bound, 1000)
+        on(ev.PRESENCE_BROADCAST, self._local_state, 1000)
+        on(ev.SESSION_DIRECTED, self._local_directed, 1000)
+        on(ev.SESSION_INTERESTED, self._local_changed, 1000)
+        on(ev.SESSION_UNBOUND, self._local_unbound, 1000)
+        on(ev.ROSTER_CHANGED, self._roster_changed, -1000)
+        on(ev.BLOCKING_CHANGED, self._blocking_changed, -1000)
+        on(ev.OFFLINE_WAITING, self._offline_waiting)
+
     async def stop(self) -> None:
         self._stopping = True
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
-        for pending in self._connecting.values():
-            if hasattr(pending, "cancel"):
-                pending.cancel()
+        self.dialer.stop()
         for link in list(self.links.values()):
             link.closing = True
             link.transport.loseConnection()
@@ -183,9 +185,9 @@ class Cluster:
         if self._stopping:
             return
         for peer in self.peers():
-            if peer not in self.links and peer not in self._connecting and not self.should_accept(peer):
-                self._connect(peer)
-        self._judge()
+            if peer not in self.links and not self.dialer.busy(peer) and not self.should_accept(peer):
+                self.dialer.dial(peer)
+        self.failure.judge()
         self.events.flush_all()  # through a relay that appeared, for a peer without a link
         defer.ensureDeferred(self._publish_and_refresh()).addErrback(
             lambda f: log.failure("cluster membership update failed", f))
@@ -196,25 +198,14 @@ class Cluster:
         if not self.static:
             await self.refresh_members()
 
-    def _connect(self, peer: str) -> None:
+    def _dial(self, peer: str) -> defer.Deferred:
+        """One connection attempt to ``peer`` (the :class:`Dialer` schedules them)."""
         member = self.members[peer]
-        delay = self._backoff.get(peer, 0.0)
-        self._connecting[peer] = self.clock.callLater(delay, self._dial, peer, member)
-
-    def _dial(self, peer: str, member: ClusterNode) -> None:
         # Peers are authenticated by the proof inside TLS (link.py), not by certificate.
         options = CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_3, verify=False)
         endpoint = SSL4ClientEndpoint(self.reactor, member.address or member.name, member.port, options,
                                       timeout=max(1, int(self.failure_timeout)))
-        attempt = endpoint.connect(_OneLink(self, peer))
-        self._connecting[peer] = attempt
-
-        def failed(failure: Any) -> None:
-            self._connecting.pop(peer, None)
-            self._backoff[peer] = min(3.0, max(0.25, self._backoff.get(peer, 0.0) * 2))
-            log.debug("cluster: cannot reach {peer}: {why}", peer=peer, why=failure.getErrorMessage())
-
-        attempt.addCallbacks(lambda _: self._connecting.pop(peer, None), failed)
+        return endpoint.connect(_OneLink(self, peer))
 
     # -- link events -------------------------------------------------------------------------------
 
@@ -224,18 +215,15 @@ class Cluster:
         if old is not None and old is not link:
             old.abort("replaced by a new link")
         self.links[peer] = link
-        self._backoff.pop(peer, None)
-        self._suspects.pop(peer, None)
-        self._sent[peer] = 0
-        self._outbox[peer] = deque()
+        self.dialer.connected(peer)
+        self.failure.recovered(peer)
         local = [s for s in self.server.sessions if s.node is None]
         self.directory.begin_sync(peer)
         link.send(self.events.resync_frame(peer))
         self._send_sync(link, sync_frames(local, self._live))
-        for body, jid, keep in self._waiting.pop(peer, []):
-            self._route_body(peer, body, jid, keep)
+        self.delivery.link_up(peer)
         log.info("cluster: link to {peer} up ({n} local sessions sent)", peer=peer, n=len(local))
-        self.server.hooks.fire("cluster/node-up", peer)
+        self.server.hooks.notify(ev.CLUSTER_NODE_UP, peer)
 
     def link_lost(self, link: Link, why: str) -> None:
         peer = link.peer
@@ -243,112 +231,43 @@ class Cluster:
             return
         del self.links[peer]
         self.events.link_lost(peer, self.failure_timeout)
-        unacked = [(body, jid, node) for _, body, jid, node in self._outbox.pop(peer, ())]
+        unacked = self.delivery.link_lost(peer)
         if not self._stopping:
             log.warn("cluster: link to {peer} down: {why}", peer=peer, why=why)
-            self._suspects[peer] = self.clock.seconds()
-            self._connecting.pop(peer, None)
-            self._judge()
-        for body, jid, node in unacked:
-            self._route_body(node, body, jid, keep=True)  # waits for the reconnect, or rerouted if dead
-
-    def _judge(self) -> None:
-        """Declare dead the suspects unreachable for ``failure-timeout`` that no live peer still reaches."""
-        now = self.clock.seconds()
-        for peer, since in list(self._suspects.items()):
-            if peer in self.links:
-                self._suspects.pop(peer)
-                continue
-            if any(peer in link.peer_links for link in self.links.values()):
-                self._suspects[peer] = now  # alive behind another node: stanzas go through it
-                continue
-            if now - since < self.failure_timeout:
-                continue  # a blip or a quick restart: the reconnect's <sync/> will tell
-            self._suspects.pop(peer)
-            self._declare_dead(peer)
+            self.failure.suspect(peer)
+            self.dialer.lost(peer)
+            self.failure.judge()
+        self.delivery.reroute(unacked)
 
     def _declare_dead(self, peer: str) -> None:
-        waiting = self._waiting.pop(peer, [])
+        waiting = self.delivery.node_dead(peer)
         gone = self.directory.drop_node(peer)
         announcer = self._announcer(excluding=peer)
         log.warn("cluster: node {peer} is down; {n} sessions removed{who}", peer=peer, n=len(gone),
                  who=" (this node announces them unavailable)" if announcer else "")
-        self.server.hooks.fire("cluster/node-down", peer)
+        self.server.hooks.notify(ev.CLUSTER_NODE_DOWN, peer)
         if announcer:
             for remote in gone:
-                self.server.hooks.fire("session/unbound", remote, f"node {peer} down")
-        for body, jid, _ in waiting:
-            self._undeliverable(body, jid)
+                self.server.hooks.notify(ev.SESSION_UNBOUND, remote, f"node {peer} down")
+        self.delivery.deliver_elsewhere(waiting)
 
     def _announcer(self, excluding: str) -> bool:
         """Whether this node speaks for ``excluding``'s lost sessions: the first live node by name."""
         return min([self.name, *(n for n in self.links if n != excluding)]) == self.name
 
     def acknowledged(self, link: Link, count: int) -> None:
-        outbox = self._outbox.get(link.peer)
-        while outbox and outbox[0][0] <= count:
-            outbox.popleft()
+        self.delivery.acknowledged(link.peer, count)
 
     # -- receiving ---------------------------------------------------------------------------------
 
     def routed(self, link: Link, target: str, jid: str, body: bytes) -> defer.Deferred | None:
-        """A routed frame: deliver ``body`` to the local session ``jid`` (the stanza's ``to`` may be a bare
-        JID: the sender already chose the resource), or relay it to ``target``. The stanza travels as text
-        and is written to the client as it is: no tree is built for it on this node.
+        """A routed frame (see :meth:`Delivery.routed`): None when taken care of, or a Deferred firing once
+        its offline store is over."""
+        return self.delivery.routed(link, target, jid, body)
 
-        Returns None when the stanza is taken care of (written to a live client transport, relayed, routed
-        elsewhere or answered with an error), or a Deferred firing once its offline store is over: the
-        frame is acknowledged only then. Whatever goes wrong with it, the stanza is answered, never raised."""
-        if not body:
-            return None
-        if target and target != self.name:
-            # Relay for a peer that lost its direct link; kept here until the next hop acknowledges it.
-            self._route_body(target, body, jid, keep=_kept(body))
-            return None
-        bare, _, resource = jid.partition("/")
-        session = self.server.sessions.get(bare, resource)
-        if session is not None and session.node is None and getattr(session.stream, "state", None) != "closed":
-            try:
-                session.deliver_serialized(body)
-            except Exception:
-                log.failure("delivering a routed stanza to {jid} failed", jid=jid)
-                self._bounce_text(body, "internal-server-error")
-            return None
-        return self._undeliverable(body, jid)
-
-    def _undeliverable(self, body: bytes, jid: str) -> defer.Deferred | None:
-        """The session ``jid`` is gone: the RFC 6121 fallback (other resources, offline storage, an error).
-        A Deferred when an offline store was started for the stanza."""
-        stanza = self._reparse(body)
-        if stanza is None or stanza.getAttribute("type") == "error":
-            return None
-        try:
-            self.server.router.undeliverable(stanza, jid.partition("/")[0])
-        except Exception:
-            log.failure("routing an undeliverable stanza for {jid} failed", jid=jid)
-            self.server.router.bounce(stanza, "internal-server-error")
-            return None
-        offline = self.server.modules.get("msgoffline")
-        storing = getattr(offline, "storing", None)
-        return storing(stanza) if storing is not None else None
-
-    def _reparse(self, body: bytes) -> domish.Element | None:
-        """A stanza kept as text, as an element again (to route it another way); None (and the sender
-        told) when it cannot be parsed."""
-        try:
-            return parse_element(body, max_bytes=len(body) + 1, **self.reparse_limits)
-        except StreamFault as fault:
-            log.warn("cluster: a routed stanza cannot be parsed again ({condition}: {text}); bounced",
-                     condition=fault.condition, text=fault.text or "")
-            self._bounce_text(body, "policy-violation" if fault.condition == "policy-violation"
-                              else "internal-server-error")
-            return None
-
-    def _bounce_text(self, body: bytes, condition: str, text: str | None = None) -> None:
-        """Answer a serialized stanza with an error, from its start tag alone (the rest may be unreadable)."""
-        stanza = _envelope(body)
-        if stanza is not None:
-            self.server.router.bounce(stanza, condition, text)
+    def offline_storing(self, stanza: domish.Element) -> defer.Deferred | None:
+        """The offline store started for ``stanza`` by the router's fallback, if any (acknowledged after it)."""
+        return self.server.hooks.dispatch(ev.OFFLINE_STORING, stanza)
 
     def event(self, link: Link, element: domish.Element) -> None:
         name, peer = element.name, link.peer
@@ -364,12 +283,12 @@ class Cluster:
             vanished = self.directory.sync(peer, element)
             if vanished and self._announcer(excluding=peer):
                 for remote in vanished:  # ended while we could not hear of it: say so, once
-                    self.server.hooks.fire("session/unbound", remote, f"gone from {peer}")
+                    self.server.hooks.notify(ev.SESSION_UNBOUND, remote, f"gone from {peer}")
         elif name == "kick":
             self._kick(element.getAttribute("jid") or "", element.getAttribute("condition") or "conflict")
         elif name == "event":
             if self.events.accept(element):
-                self.server.hooks.fire(f"remote/{element.getAttribute('name')}", element)
+                self._changed_elsewhere(element)
         elif name == "resync":
             self.events.resync(peer, element)
         elif name == "reset":
@@ -379,8 +298,10 @@ class Cluster:
             inner = next(element.elements(), None)
             if target in self.links and inner is not None:
                 self.links[target].send(serialize(inner).encode())
+        elif name in _PEER_EVENTS:
+            self.server.hooks.notify(_PEER_EVENTS[name], peer, element)
         else:
-            self.server.hooks.fire(f"cluster/{name}", peer, element)
+            log.debug("cluster: <{name}/> from {peer} ignored", name=name, peer=peer)
 
     def _kick(self, jid: str, condition: str) -> None:
         bare, _, resource = jid.partition("/")
@@ -392,33 +313,7 @@ class Cluster:
 
     def route_to(self, node: str, stanza: domish.Element, jid: str) -> None:
         """Deliver a stanza to the session ``jid`` on ``node``: one hop, or two through a peer that reaches it."""
-        keep = stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT
-        self._route_body(node, serialize(stanza).encode("utf-8"), jid, keep)
-
-    def _route_body(self, node: str, body: bytes, jid: str, keep: bool) -> None:
-        """Send a serialized stanza (UTF-8, with its xmlns) towards ``jid`` on ``node``: on its link, or
-        through a peer that reaches it (counted and kept on that peer's link: it acknowledges the hop)."""
-        link = self.links.get(node)
-        via = link if link is not None else self._relay_for(node)
-        if via is not None:
-            if len(body) > self.max_frame_bytes - 4096:  # the rest of the frame: two JIDs at most
-                log.warn("cluster: a stanza of {n} bytes for {jid} exceeds the frame limit; bounced",
-                         n=len(body), jid=jid)
-                self._bounce_text(body, "policy-violation", "too large to route between cluster nodes")
-                return
-            peer = via.peer
-            self._sent[peer] += 1
-            if keep:
-                self._outbox[peer].append((self._sent[peer], body, jid, node))
-            via.send_routed("" if via is link else node, jid, body)
-            return
-        if node in self._suspects:
-            # Unreachable for now: keep it until the node is back (sent then) or declared dead (rerouted).
-            self._waiting.setdefault(node, []).append((body, jid, keep))
-            return
-        # Not a member we can reach at all: forget its sessions and deliver elsewhere.
-        self.directory.drop_node(node)
-        self._undeliverable(body, jid)
+        self.delivery.route(node, serialize(stanza).encode("utf-8"), jid, kept_type(stanza))
 
     def _send_sync(self, link: Link, frames: Any, count: int = 0, largest: int = 0) -> None:
         """The ``<sync>`` frames, one per reactor turn: a large directory neither stalls this node nor makes
@@ -515,33 +410,23 @@ class Cluster:
         self.events.publish("blocking/changed", {"owner": owner}, items)
         return False
 
-    def _remote_roster_changed(self, element: domish.Element) -> bool:
-        """Another node changed a roster in the shared database: drop our cached copy."""
-        return self._invalidate("jabber:iq:roster", element)
-
-    def _remote_blocking_changed(self, element: domish.Element) -> bool:
-        module = self.server.modules.get("urn:xmpp:blocking")
-        if module is not None:
-            changes = {"block": [], "unblock": []}
+    def _changed_elsewhere(self, element: domish.Element) -> None:
+        """A cache event of another node (applied once): the modules caching that data drop their copy."""
+        name, owner = element.getAttribute("name"), element.getAttribute("owner") or ""
+        if name == "roster/changed":
+            self.server.hooks.notify(ev.ROSTER_CHANGED_ELSEWHERE, owner)
+        elif name == "blocking/changed":
+            changes: dict[str, list[str]] = {"block": [], "unblock": []}
             for child in element.elements():
                 if child.name in changes and child.getAttribute("jid"):
                     changes[child.name].append(child["jid"])
-            module.pushed_elsewhere(element.getAttribute("owner") or "", changes["block"], changes["unblock"])
-        return True
+            self.server.hooks.notify(ev.BLOCKLIST_CHANGED_ELSEWHERE, owner, changes["block"], changes["unblock"])
 
     def _reset_caches(self, why: str) -> None:
-        """Cache events may have been lost: forget every cached roster and blocklist (reloaded on next use)."""
+        """Cache events may have been lost: every cached roster and blocklist is to be dropped (reloaded on
+        next use)."""
         log.info("cluster: cached rosters and blocklists dropped ({why})", why=why)
-        for name in ("jabber:iq:roster", "urn:xmpp:blocking"):
-            module = self.server.modules.get(name)
-            if module is not None:
-                module.invalidate_all()
-
-    def _invalidate(self, module_name: str, element: domish.Element) -> bool:
-        module = self.server.modules.get(module_name)
-        if module is not None:
-            module.invalidate(element.getAttribute("owner") or "")
-        return True
+        self.server.hooks.notify(ev.CACHES_STALE)
 
     # -- draining ----------------------------------------------------------------------------------
 
@@ -552,42 +437,9 @@ class Cluster:
 
 
 
-_START_TAG = re.compile(rb"<(message|presence|iq)[\s/>]")
-_ATTRIBUTE = re.compile(rb"""\s([a-z]+)=(['"])(.*?)\2""")
-_ENTITIES = {"&apos;": "'", "&quot;": '"'}
-
-
-def _start_tag(body: bytes) -> tuple[str, dict[str, str]] | None:
-    """Name and plain attributes of a serialized stanza's start tag (as our serializer writes it)."""
-    match = _START_TAG.match(body)
-    end = body.find(b">")
-    if match is None or end < 0:
-        return None
-    try:
-        attributes = {name.decode(): unescape(value.decode("utf-8"), _ENTITIES)
-                      for name, _, value in _ATTRIBUTE.findall(body, match.end() - 1, end)}
-    except UnicodeDecodeError:
-        return None
-    return match.group(1).decode(), attributes
-
-
-def _kept(body: bytes) -> bool:
-    """Whether a serialized stanza is a message kept until acknowledged (as :meth:`Cluster.route_to` decides)."""
-    tag = _start_tag(body) if body.startswith(b"<message") else None
-    return tag is not None and tag[1].get("type") in ROUTED_TYPES_KEPT
-
-
-def _envelope(body: bytes) -> domish.Element | None:
-    """A serialized stanza's start tag alone as an element (enough to answer it with an error)."""
-    tag = _start_tag(body)
-    if tag is None:
-        return None
-    name, attributes = tag
-    stanza = domish.Element((CLIENT, name))
-    for key in ("from", "to", "id", "type"):
-        if key in attributes:
-            stanza[key] = attributes[key]
-    return stanza
+#: Control elements from a peer handed to other parts of this node: a fixed table, never a name from the wire.
+_PEER_EVENTS = {"offline-waiting": ev.OFFLINE_WAITING_HERE, "bosh-req": ev.CLUSTER_BOSH_REQUEST,
+                "bosh-resp": ev.CLUSTER_BOSH_RESPONSE}
 
 
 class _OneLink(LinkFactory):
