@@ -20,6 +20,7 @@ class FakeServer:
         self.hooks = Hooks()
         self.clock = Clock()
         self.node_name = "t1.example.com"
+        self.bosh = None
 
 
 class FakeCluster:

@@ -177,6 +177,9 @@ class BoshForwarder:
         return True
 
 
-def forwarder_of(server: Any) -> BoshForwarder | None:
-    cluster = getattr(server, "cluster", None)
-    return getattr(cluster, "bosh", None) if cluster is not None else None
+def wire_bosh(cluster: Cluster) -> None:
+    """Make this node's BOSH sessions cluster-wide (called by ops/service.py once the cluster runs): new
+    sids end with this node's tag, and a request for a sid this node does not hold goes to its owner."""
+    sessions = bosh_sessions(cluster.server)
+    sessions.sid_suffix = node_tag(cluster.server.node_name)
+    sessions.unknown_sid = cluster.bosh.forward

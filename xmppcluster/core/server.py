@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from xmppcluster.core.tls import CertificateStore
     from xmppcluster.modules.base import Module
     from xmppcluster.storage import Storage
+    from xmppcluster.streams.bosh import BoshSessions
     from xmppcluster.streams.core import ClientStream
 
 log = Logger()
@@ -73,6 +74,8 @@ class XMPPServer:
         self.hooks = Hooks()
         self.router = Router(self)
         self.streams: set[ClientStream] = set()
+        #: The BOSH sessions of every BOSH port (streams.bosh.bosh_sessions makes them on first use).
+        self.bosh: BoshSessions | None = None
         self.throttle = AuthThrottle(
             base_delay=float(config.get("--", "auth-failure-delay")),
             max_delay=float(config.get("--", "auth-failure-max-delay")),

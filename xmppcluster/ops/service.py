@@ -58,6 +58,9 @@ class ServerService(service.MultiService):
 
             self.server.cluster = Cluster(self.server, reactor=self.reactor)
             await self.server.cluster.start()
+            from xmppcluster.cluster.bosh_forward import wire_bosh
+
+            wire_bosh(self.server.cluster)
         for listener in self.config.all_listeners():
             factory = self._factory(listener)
             if factory is None or listener.type != "accept":

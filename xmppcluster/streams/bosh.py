@@ -2,15 +2,18 @@
 
 The resource only does HTTP: CORS, size limits, parsing the ``<body/>`` with the hardened parser, and
 handing it to the session (:mod:`xmppcluster.streams.bosh_session`) or creating one. Every session lives
-in :class:`BoshSessions` (one per server, shared by all BOSH ports), looked up by :meth:`find_session`.
+in :class:`BoshSessions` (one per server, ``server.bosh``, shared by all BOSH ports), looked up by
+:meth:`find_session`. The registry knows nothing of a cluster: ``ops/service.py`` gives it the suffix every
+new sid ends with (:attr:`BoshSessions.sid_suffix`, the owner node's tag) and the handler of a sid this node
+does not hold (:attr:`BoshSessions.unknown_sid`, forwarding to the owner node).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-import weakref
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +44,21 @@ from xmppcluster.streams.peers import ClientOrigin, client_policy
 from xmppcluster.streams.throttle import log_budget
 
 if TYPE_CHECKING:
+    from twisted.words.xish import domish
+
     from xmppcluster.config import Config, Listener
     from xmppcluster.core.server import XMPPServer
+
+#: ``unknown_sid(sid, exchange, body, secure, peer)``: answers a request for a session this node does not
+#: hold (e.g. by forwarding it to the owner node); False when nobody owns ``sid`` (``item-not-found``).
+UnknownSid = Callable[[str, Exchange, "domish.Element", bool, str], bool]
 
 __all__ = ["BoshResource", "BoshSession", "BoshSessions", "BoshSettings", "bosh_sessions", "limited_request"]
 
 log = Logger()
+
+#: Every sid has this many hex digits, whatever the (even, at most 8 digits) :attr:`BoshSessions.sid_suffix`.
+SID_LENGTH = 40
 
 _CONTENT = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(; ?charset=[A-Za-z0-9_-]+)?")
 _GET_PAGE = (b"This is an XMPP BOSH endpoint (XEP-0124, XEP-0206).\n"
@@ -96,9 +108,13 @@ class BoshSessions:
         self.sessions: dict[str, BoshSession] = {}
         self.per_ip: Counter[str] = Counter()
         self._owners: dict[str, str | None] = {}
+        #: Appended to every new sid (a cluster puts the owner node's tag there); injected by ops/service.py.
+        self.sid_suffix = ""
+        #: Answers requests for sids this node does not hold; injected by ops/service.py (cluster mode).
+        self.unknown_sid: UnknownSid | None = None
 
     def find_session(self, sid: str) -> BoshSession | None:
-        """The session with this sid on this node (the seam where a cluster forwards unknown sids)."""
+        """The session with this sid on this node (None: the request goes to :attr:`unknown_sid`)."""
         return self.sessions.get(sid)
 
     def create(self, exchange: Exchange, body: Any, peer: str, secure: bool, *, tls: bool = False) -> None:
@@ -135,9 +151,8 @@ class BoshSessions:
             maxpause=settings.max_pause, ver=f"{ver[0]}.{ver[1]}", legacy=client_ver is None,
             client_acks=body.getAttribute("ack") == "1",
             content_type=content if content and _CONTENT.fullmatch(content) else DEFAULT_CONTENT_TYPE)
-        from xmppcluster.cluster.bosh_forward import node_tag
-
-        sid = secrets.token_hex(16) + node_tag(self.server.node_name)  # the owner is in the sid (cluster)
+        # 40 hex digits: random (at least 128 bits) then the suffix (a cluster puts the owner's tag there).
+        sid = secrets.token_hex((SID_LENGTH - len(self.sid_suffix)) // 2) + self.sid_suffix
         newkey = body.getAttribute("newkey")
         session = BoshSession(self, sid, peer, secure, rid, terms, newkey.lower() if newkey else None,
                               self.server.node_name if settings.send_host else None)
@@ -174,15 +189,11 @@ class BoshSessions:
             self.remove(session)
 
 
-_registries: weakref.WeakKeyDictionary[Any, BoshSessions] = weakref.WeakKeyDictionary()
-
-
 def bosh_sessions(server: XMPPServer) -> BoshSessions:
-    """The session registry of ``server`` (created on first use, shared by all BOSH ports)."""
-    registry = _registries.get(server)
-    if registry is None:
-        registry = _registries[server] = BoshSessions(server)
-    return registry
+    """The session registry of ``server`` (``server.bosh``, made on first use, shared by all BOSH ports)."""
+    if server.bosh is None:
+        server.bosh = BoshSessions(server)
+    return server.bosh
 
 
 def _version(value: str | None) -> tuple[int, int] | None:
@@ -270,10 +281,8 @@ class BoshResource(Resource):
             return NOT_DONE_YET
         session = self.sessions.find_session(sid)
         if session is None:
-            from xmppcluster.cluster.bosh_forward import forwarder_of
-
-            forwarder = forwarder_of(self.xmpp)
-            if forwarder is None or not forwarder.forward(sid, exchange, body, origin.secure, origin.address):
+            unknown = self.sessions.unknown_sid
+            if unknown is None or not unknown(sid, exchange, body, origin.secure, origin.address):
                 exchange.reply(_terminal("item-not-found"))
             return NOT_DONE_YET
         if session.secure and not origin.secure:
