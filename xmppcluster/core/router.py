@@ -1,7 +1,7 @@
 """The one place that decides where a stanza goes (RFC 6120 §10, RFC 6121 §8.5).
 
 Routing is by dictionary lookups on the already-parsed stanza: nothing is re-parsed or serialized here.
-Feature modules extend delivery through hooks (``message/bare``, ``presence/bare``, ...); the defaults
+Feature modules extend delivery through events (``message/bare``, ``presence/bare``, ...: core/events.py); the defaults
 below implement the bare rules so that a server with no modules still routes correctly.
 """
 
@@ -14,6 +14,18 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.events import (
+    IQ_BARE,
+    IQ_RESPONSE,
+    MESSAGE_BARE,
+    MESSAGE_OFFLINE,
+    PRESENCE_BARE,
+    PRESENCE_BROADCAST,
+    PRESENCE_INITIAL,
+    ROUTE_REMOTE,
+    TO_FULL,
+    TO_SERVER,
+)
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.sessions import Session
 from xmppcluster.core.stanza import StanzaError
@@ -29,10 +41,6 @@ IQ_TYPES = frozenset(("get", "set", "result", "error"))
 PRESENCE_TYPES = frozenset((None, "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed",
                             "probe", "error"))
 # A message of a type it does not know is a normal message (RFC 6121 §5.2.2): messages are not checked.
-
-#: Hook names per stanza kind, from fixed tables: an event name is never built from what a client sent.
-_SERVER_HOOKS = {"message": "message/server", "presence": "presence/server", "iq": "iq/server"}
-_FULL_HOOKS = {"message": "message/full", "presence": "presence/full", "iq": "iq/full"}
 
 
 def _domain_of(stanza: domish.Element, sender: Session | None) -> str | None:
@@ -73,7 +81,7 @@ class Router:
     def route(self, stanza: domish.Element, sender: Session | None = None) -> None:
         """Deliver ``stanza``; its ``from`` is already trustworthy (stamped by the stream core)."""
         name = stanza.name
-        if name not in _FULL_HOOKS:
+        if name not in TO_FULL:
             log.warn("not routing a <{name}/>: not a stanza", name=name)
             return
         if name != "message" and stanza.getAttribute("type") not in (IQ_TYPES if name == "iq" else PRESENCE_TYPES):
@@ -94,7 +102,7 @@ class Router:
             self.bounce(stanza, "jid-malformed")
             return
         if not self.server.is_local_domain(target.host):
-            if not self.hooks.fire("route/remote", stanza, target, sender):
+            if not self.hooks.dispatch(ROUTE_REMOTE, stanza, target, sender):
                 self.bounce(stanza, "remote-server-not-found")
             return
         if target.user is None:
@@ -114,27 +122,27 @@ class Router:
     def _to_server(self, name: str, stanza: domish.Element, sender: Session | None) -> None:
         if name == "iq":
             self._iq(stanza, "server", sender)
-        elif not self.hooks.fire(_SERVER_HOOKS[name], stanza, sender) and name == "message":
+        elif not self.hooks.dispatch(TO_SERVER[name], stanza, sender) and name == "message":
             if stanza.getAttribute("type") not in ("error", "groupchat", "headline"):
                 self.bounce(stanza, "service-unavailable")
 
     def _to_account(self, name: str, stanza: domish.Element, bare: str, sender: Session | None,
                     own: bool) -> None:
         if name == "iq":
-            if not self.hooks.fire("iq/bare", stanza, bare, sender):
+            if not self.hooks.dispatch(IQ_BARE, stanza, bare, sender):
                 self._iq(stanza, "account", sender)
         elif name == "message":
-            if not self.hooks.fire("message/bare", stanza, bare, sender):
+            if not self.hooks.dispatch(MESSAGE_BARE, stanza, bare, sender):
                 self.deliver_message_to_bare(stanza, bare)
         elif name == "presence":
-            if not self.hooks.fire("presence/bare", stanza, bare, sender):
+            if not self.hooks.dispatch(PRESENCE_BARE, stanza, bare, sender):
                 for session in self.sessions.available(bare):
                     session.deliver(stanza)
 
     def _to_full(self, name: str, stanza: domish.Element, bare: str, resource: str,
                  sender: Session | None) -> None:
         session = self.sessions.get(bare, resource)
-        if self.hooks.fire(_FULL_HOOKS[name], stanza, bare, resource, session, sender):
+        if self.hooks.dispatch(TO_FULL[name], stanza, bare, resource, session, sender):
             return
         if session is not None:
             session.deliver(stanza)
@@ -172,9 +180,9 @@ class Router:
             session.presence = stanza
         else:
             session.presence = None
-        self.hooks.fire("presence/broadcast", stanza, session)
+        self.hooks.notify(PRESENCE_BROADCAST, stanza, session)
         if initial:
-            self.hooks.fire("presence/initial", session)
+            self.hooks.notify(PRESENCE_INITIAL, session)
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -196,7 +204,7 @@ class Router:
             return
         if kind == "headline":
             return
-        if not self.hooks.fire("message/offline", stanza, bare):
+        if not self.hooks.dispatch(MESSAGE_OFFLINE, stanza, bare):
             self.bounce(stanza, "service-unavailable")
 
     def undeliverable(self, stanza: domish.Element, bare: str) -> None:
@@ -207,7 +215,7 @@ class Router:
         """
         kind = stanza.getAttribute("type")
         if stanza.name == "message" and kind in (None, "normal", "chat"):
-            if not self.hooks.fire("message/bare", stanza, bare, None):
+            if not self.hooks.dispatch(MESSAGE_BARE, stanza, bare, None):
                 self.deliver_message_to_bare(stanza, bare)
         elif stanza.name == "iq" and kind in IQ_REQUEST:
             self.bounce(stanza, "service-unavailable")
@@ -218,7 +226,7 @@ class Router:
         kind = stanza.getAttribute("type")
         if kind not in IQ_REQUEST:
             if kind in ("result", "error"):
-                self.hooks.fire("iq/response", stanza, target, sender)
+                self.hooks.dispatch(IQ_RESPONSE, stanza, target, sender)
             else:
                 self.bounce(stanza, "bad-request")
             return

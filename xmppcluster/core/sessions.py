@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from twisted.words.xish import domish
 
+from xmppcluster.core.events import SESSION_INTERESTED
+
 if TYPE_CHECKING:
     from xmppcluster.streams.core import ClientStream
 
@@ -58,7 +60,7 @@ class Session:
             self._interested = value
             server = getattr(self.stream, "server", None)
             if server is not None:
-                server.hooks.fire("session/interested", self)
+                server.hooks.notify(SESSION_INTERESTED, self)
 
     def replaced(self) -> None:
         """Another session took this full JID: detach it from the registry's point of view."""

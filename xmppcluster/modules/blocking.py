@@ -27,7 +27,24 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
-from xmppcluster.core.hooks import OUTGOING_HOOKS
+from xmppcluster.core.events import (
+    BLOCKING_CHANGED,
+    BLOCKLIST_CHANGED_ELSEWHERE,
+    CACHES_STALE,
+    IQ_BARE,
+    IQ_FULL,
+    IQ_OUTGOING,
+    MESSAGE_BARE,
+    MESSAGE_FULL,
+    MESSAGE_OUTGOING,
+    OUTGOING,
+    PRESENCE_BARE,
+    PRESENCE_FULL,
+    PRESENCE_OUTGOING,
+    ROSTER_SUBSCRIBED_FROM,
+    ROUTE_REMOTE,
+    SESSION_BOUND,
+)
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.keyed import KeyedQueue
 from xmppcluster.core.serializer import serialize
@@ -112,6 +129,7 @@ class Blocking(Module):
         """Forget the cached blocklist of ``bare`` (e.g. changed on another cluster node)."""
         self._lists.pop(bare, None)
 
+    @hook(CACHES_STALE)
     def invalidate_all(self) -> None:
         """Forget every cached blocklist (changes made elsewhere may have been missed)."""
         self._lists.clear()
@@ -168,7 +186,7 @@ class Blocking(Module):
         self.blocklist(bare).addCallbacks(resume, failed).addErrback(
             lambda failure: self.log.failure("resuming a stanza held for {bare} failed", failure, bare=bare))
 
-    @hook("session/bound")
+    @hook(SESSION_BOUND)
     def session_bound(self, session: Session) -> bool:
         self.blocklist(session.bare).addErrback(
             lambda failure: self.log.failure("loading the blocklist of {bare} failed", failure, bare=session.bare))
@@ -176,27 +194,27 @@ class Blocking(Module):
 
     # -- inbound: stanzas to a local user --------------------------------------------------------
 
-    @hook("message/bare", 100)
+    @hook(MESSAGE_BARE, 100)
     def message_bare(self, stanza: domish.Element, bare: str, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 
-    @hook("message/full", 100)
+    @hook(MESSAGE_FULL, 100)
     def message_full(self, stanza: domish.Element, bare: str, resource: str, session: Any, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 
-    @hook("presence/bare", 100)
+    @hook(PRESENCE_BARE, 100)
     def presence_bare(self, stanza: domish.Element, bare: str, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 
-    @hook("presence/full", 100)
+    @hook(PRESENCE_FULL, 100)
     def presence_full(self, stanza: domish.Element, bare: str, resource: str, session: Any, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 
-    @hook("iq/bare", 100)
+    @hook(IQ_BARE, 100)
     def iq_bare(self, stanza: domish.Element, bare: str, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 
-    @hook("iq/full", 100)
+    @hook(IQ_FULL, 100)
     def iq_full(self, stanza: domish.Element, bare: str, resource: str, session: Any, sender: Any) -> bool:
         return self._inbound(stanza, bare, sender)
 
@@ -245,22 +263,22 @@ class Blocking(Module):
         items = self._lists.get(owner)
         return bool(items) and blocked_by(items, owner, stanza.getAttribute("to"))
 
-    @hook("route/remote", 100)
+    @hook(ROUTE_REMOTE, 100)
     def route_remote(self, stanza: domish.Element, target: Any, sender: Any) -> bool:
         frm = stanza.getAttribute("from")
         return frm is not None and self._sender_blocks(stanza, frm)
 
     # -- outbound: stanzas a client sends --------------------------------------------------------
 
-    @hook("message/outgoing", 100)
+    @hook(MESSAGE_OUTGOING, 100)
     def message_outgoing(self, stanza: domish.Element, session: Session) -> bool:
         return self._outbound(stanza, session)
 
-    @hook("presence/outgoing", 100)
+    @hook(PRESENCE_OUTGOING, 100)
     def presence_outgoing(self, stanza: domish.Element, session: Session) -> bool:
         return self._outbound(stanza, session)
 
-    @hook("iq/outgoing", 100)
+    @hook(IQ_OUTGOING, 100)
     def iq_outgoing(self, stanza: domish.Element, session: Session) -> bool:
         return self._outbound(stanza, session)
 
@@ -275,7 +293,7 @@ class Blocking(Module):
         def resume(items: frozenset[str]) -> None:
             if not self._refuse_outbound(stanza, items, session):
                 setattr(stanza, _PASSED, "out")
-                if not self.server.hooks.fire(OUTGOING_HOOKS[stanza.name], stanza, session):
+                if not self.server.hooks.dispatch(OUTGOING[stanza.name], stanza, session):
                     self.server.router.route(stanza, session)
 
         self._hold(session.bare, resume, lambda: self._answer(stanza, session, "internal-server-error"))
@@ -360,7 +378,7 @@ class Blocking(Module):
             self._send_presence(bare, added, available=False)
         self._remember(bare, current | frozenset(added))
         if added:
-            self.server.hooks.fire("blocking/changed", bare, added, [])
+            self.server.hooks.notify(BLOCKING_CHANGED, bare, added, [])
 
     async def _unblock(self, bare: str, jids: list[str]) -> None:
         assert self.store is not None
@@ -374,8 +392,9 @@ class Blocking(Module):
         self._remember(bare, now - frozenset(removed))
         if removed:
             self._send_presence(bare, removed, available=True)
-            self.server.hooks.fire("blocking/changed", bare, [], removed)
+            self.server.hooks.notify(BLOCKING_CHANGED, bare, [], removed)
 
+    @hook(BLOCKLIST_CHANGED_ELSEWHERE)
     def pushed_elsewhere(self, bare: str, added: list[str], removed: list[str]) -> None:
         """Another cluster node changed the blocklist of ``bare`` (and pushed it to its own resources): push
         the change to this node's resources, forget the cached list (the next use reloads it)."""
@@ -423,6 +442,6 @@ class Blocking(Module):
             if parsed.user is None:
                 continue
             contact = f"{parsed.user}@{parsed.host}"
-            if contact != bare and self.server.hooks.fire("roster/subscribed-from", bare, contact):
+            if contact != bare and self.server.hooks.dispatch(ROSTER_SUBSCRIBED_FROM, bare, contact):
                 found.append(jid)
         return found

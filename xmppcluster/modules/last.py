@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.events import IQ_FULL, PRESENCE_BROADCAST, SESSION_UNBOUND
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.modules.disco import presence_authorized, requester
 from xmppcluster.storage.account_data import LastActivityStore
@@ -71,7 +72,7 @@ class LastActivity(Module):
         when, status = record
         return _reply(request, self.server.clock.seconds() - when, status)
 
-    @hook("iq/full", 50)
+    @hook(IQ_FULL, 50)
     def to_resource(self, stanza: domish.Element, bare: str, resource: str, session: Any, sender: Any) -> bool:
         """XEP-0012 §4: a query to a full JID reaches the client only from an authorized entity."""
         payload = stanzas.first_child(stanza)
@@ -92,7 +93,7 @@ class LastActivity(Module):
         else:
             session.deliver(stanza)
 
-    @hook("presence/broadcast", 100)
+    @hook(PRESENCE_BROADCAST, 100)
     def remember_status(self, stanza: domish.Element, session: Any) -> bool:
         if stanza.getAttribute("type") == "unavailable":
             session.data[self.name] = _status(stanza)
@@ -100,7 +101,7 @@ class LastActivity(Module):
             session.data.pop(self.name, None)
         return False
 
-    @hook("session/unbound", 0)
+    @hook(SESSION_UNBOUND, 0)
     def logged_out(self, session: Any, reason: str) -> bool:
         """Record the logout time once the account's last local session is gone; never stops the event."""
         if self.server.sessions.of(session.bare) or getattr(session.stream, "anonymous", False):

@@ -25,6 +25,14 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.words.xish import domish
 
+from xmppcluster.core.events import (
+    MESSAGE_OFFLINE,
+    OFFLINE_STORING,
+    OFFLINE_WAITING,
+    OFFLINE_WAITING_HERE,
+    PRESENCE_BROADCAST,
+    PRESENCE_INITIAL,
+)
 from xmppcluster.core.keyed import KeyedQueue
 from xmppcluster.core.serializer import serialize
 from xmppcluster.core.sessions import Session
@@ -147,7 +155,7 @@ class OfflineMessages(Module):
 
     # -- storing --------------------------------------------------------------------------------
 
-    @hook("message/offline")
+    @hook(MESSAGE_OFFLINE)
     def message_offline(self, stanza: domish.Element, bare: str) -> bool:
         """Take responsibility for a message no resource of ``bare`` can take (True = handled)."""
         if not self.serves(bare.partition("@")[2]):
@@ -163,6 +171,7 @@ class OfflineMessages(Module):
         self._storing[stanza] = self._background(self._store(stanza, data, user, domain, int(now)), "store")
         return True
 
+    @hook(OFFLINE_STORING)
     def storing(self, stanza: domish.Element) -> Deferred | None:
         """If ``stanza`` is being stored: a Deferred firing (with None) once the store is over, written or
         answered with an error. None when no store of it is running."""
@@ -184,7 +193,7 @@ class OfflineMessages(Module):
             self.deliver(target)
             return
         for node in {s.node for s in self.server.sessions.available(bare) if s.node is not None and s.priority >= 0}:
-            self.server.hooks.fire("offline/waiting", bare, node)  # that node's resource fetched its queue already
+            self.server.hooks.notify(OFFLINE_WAITING, bare, node)  # that node's resource fetched its queue already
 
     async def _store_one(self, stanza: domish.Element, data: bytes, user: str, domain: str, now: int) -> bool:
         """Write one message; False (and the sender told) when it cannot be stored."""
@@ -202,7 +211,7 @@ class OfflineMessages(Module):
         return True
     # -- delivering -----------------------------------------------------------------------------
 
-    @hook("presence/broadcast")
+    @hook(PRESENCE_BROADCAST)
     def presence_broadcast(self, stanza: domish.Element, session: Session) -> bool:
         if session.available and session.priority >= 0:
             if not session.data.get(self.name):
@@ -212,14 +221,14 @@ class OfflineMessages(Module):
             session.data.pop(self.name, None)  # a later non-negative presence looks at the queue again
         return False
 
-    @hook("presence/initial")
+    @hook(PRESENCE_INITIAL)
     def presence_initial(self, session: Session) -> bool:
         if session.available and session.priority >= 0 and not session.data.get(self.name):
             session.data[self.name] = True
             self.deliver(session)
         return False
 
-    @hook("cluster/offline-waiting")
+    @hook(OFFLINE_WAITING_HERE)
     def offline_waiting(self, node: str, element: domish.Element) -> bool:
         """Another node stored a message for an account with an eligible resource here: deliver it."""
         target = self._target(element.getAttribute("owner") or "")

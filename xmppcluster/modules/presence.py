@@ -18,6 +18,15 @@ from typing import Any
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.events import (
+    PRESENCE_BARE,
+    PRESENCE_BROADCAST,
+    PRESENCE_FULL,
+    PRESENCE_INITIAL,
+    PRESENCE_OUTGOING,
+    SESSION_DIRECTED,
+    SESSION_UNBOUND,
+)
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.namespaces import CLIENT
 from xmppcluster.core.serializer import serialize
@@ -71,7 +80,7 @@ class Presence(Module):
 
     # -- what a client sends -------------------------------------------------------------------------
 
-    @hook("presence/outgoing")
+    @hook(PRESENCE_OUTGOING)
     def outgoing(self, stanza: domish.Element, session: Any) -> bool:
         to = stanza.getAttribute("to")
         if to is None or not self._ready():
@@ -103,10 +112,10 @@ class Presence(Module):
                          "to some first"))
                 return True
             directed.add(target)
-            self.server.hooks.fire("session/directed", session, target, True)
+            self.server.hooks.notify(SESSION_DIRECTED, session, target, True)
         elif not available and target in directed:
             directed.discard(target)
-            self.server.hooks.fire("session/directed", session, target, False)
+            self.server.hooks.notify(SESSION_DIRECTED, session, target, False)
         return False
 
     async def _outbound(self, stanza: domish.Element, session: Any, contact: str, kind: str) -> None:
@@ -135,7 +144,7 @@ class Presence(Module):
 
     # -- what arrives for a local account --------------------------------------------------------------
 
-    @hook("presence/bare")
+    @hook(PRESENCE_BARE)
     def to_bare(self, stanza: domish.Element, bare: str, sender: Any) -> bool:
         if not self._ready():
             return False
@@ -159,7 +168,7 @@ class Presence(Module):
         for session in self.server.sessions.available(bare):
             session.deliver(stanza)
 
-    @hook("presence/full")
+    @hook(PRESENCE_FULL)
     def to_full(self, stanza: domish.Element, bare: str, resource: str, session: Any, sender: Any) -> bool:
         if not self._ready() or stanza.getAttribute("type") != "probe":
             return False
@@ -211,12 +220,12 @@ class Presence(Module):
 
     # -- a resource's own availability -----------------------------------------------------------------
 
-    @hook("presence/broadcast")
+    @hook(PRESENCE_BROADCAST)
     def broadcast(self, stanza: domish.Element, session: Any) -> None:
         if self._ready():
             self.roster.spawn(session.bare, self._broadcast, stanza, session, None)
 
-    @hook("session/unbound")
+    @hook(SESSION_UNBOUND)
     def unbound(self, session: Any, reason: str) -> None:
         if self._ready() and (session.presence is not None or session.directed):
             gone = stanzas.make("presence", type="unavailable", frm=session.jid)
@@ -245,9 +254,9 @@ class Presence(Module):
                 if _bare_of(target) not in covered:
                     router.route(stanzas.make("presence", type="unavailable", frm=session.jid, to=target))
             session.directed.clear()
-            self.server.hooks.fire("session/directed", session, None, False)
+            self.server.hooks.notify(SESSION_DIRECTED, session, None, False)
 
-    @hook("presence/initial")
+    @hook(PRESENCE_INITIAL)
     def initial(self, session: Any) -> None:
         if self._ready():
             self.roster.spawn(session.bare, self._initial, session)

@@ -24,6 +24,7 @@ from twisted.words.xish import domish
 from xmppcluster.auth.credentials import saslprep
 from xmppcluster.auth.throttle import peer_key
 from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.events import ACCOUNT_REMOVED, STREAM_PRE_AUTH_IQ
 from xmppcluster.core.jid import InvalidJID, nodeprep, parse_jid
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.storage.errors import AccountExists, NoSuchAccount
@@ -87,7 +88,7 @@ class Registration(Module):
 
     # -- before authentication -------------------------------------------------------------------
 
-    @hook("stream/pre-auth-iq")
+    @hook(STREAM_PRE_AUTH_IQ)
     def pre_auth(self, stream: Any, request: domish.Element) -> bool:
         payload = stanzas.first_child(request)
         if payload is None or payload.uri != REGISTER:
@@ -247,7 +248,7 @@ class Registration(Module):
         except NoSuchAccount:
             raise StanzaError("registration-required") from None
         self.log.info("account {bare} removed in-band", bare=bare)
-        self.server.hooks.fire("account/removed", user, domain)
+        self.server.hooks.notify(ACCOUNT_REMOVED, user, domain)
         self.server.router.route(stanzas.result(request))
         for session in self.server.sessions.of(bare):
             session.close("not-authorized", "the account was removed")

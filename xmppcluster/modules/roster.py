@@ -21,6 +21,13 @@ from twisted.internet.task import deferLater
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.events import (
+    CACHES_STALE,
+    ROSTER_CHANGED,
+    ROSTER_CHANGED_ELSEWHERE,
+    ROSTER_SUBSCRIBED_FROM,
+    SESSION_UNBOUND,
+)
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.keyed import KeyedQueue
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
@@ -133,10 +140,12 @@ class RosterModule(Module):
         assert self.store is not None
         return await self.store.get_item(*split_bare(bare), contact)
 
+    @hook(ROSTER_CHANGED_ELSEWHERE)
     def invalidate(self, bare: str) -> None:
         """Forget the cached roster of ``bare`` (it changed elsewhere, e.g. on another cluster node)."""
         self._cache.pop(bare, None)
 
+    @hook(CACHES_STALE)
     def invalidate_all(self) -> None:
         """Forget every cached roster (changes made elsewhere may have been missed)."""
         self._cache.clear()
@@ -150,14 +159,14 @@ class RosterModule(Module):
 
         return self.serialize(owner, check)
 
-    @hook("roster/subscribed-from")
+    @hook(ROSTER_SUBSCRIBED_FROM)
     def subscribed_from(self, owner: str, contact: str) -> bool:
         """Synchronous form for other modules; answers from the cache (online accounts), else False."""
         cached = self._cache.get(owner)
         item = cached.items.get(contact) if cached is not None else None
         return item is not None and item.subscription in ("from", "both")
 
-    @hook("session/unbound", -100)
+    @hook(SESSION_UNBOUND, -100)
     def _forget(self, session: Any, reason: str) -> None:
         if not self.server.sessions.of(session.bare):
             self.invalidate(session.bare)
@@ -187,7 +196,7 @@ class RosterModule(Module):
                     items[contact] = change.after
                 self._cache[bare] = StoredRoster(change.version, items)
             self.push(bare, contact, change.after, change.version)
-            self.server.hooks.fire("roster/changed", bare, contact)
+            self.server.hooks.notify(ROSTER_CHANGED, bare, contact)
         return change
 
     async def apply(self, bare: str, contact: str, step: Callable[[State, str], Transition], kind: str,

@@ -25,7 +25,7 @@ from twisted.words.xish import domish
 from xmppcluster.auth.sasl import ChannelInfo, SASLServer
 from xmppcluster.core import namespaces as ns
 from xmppcluster.core import stanza as stanzas
-from xmppcluster.core.hooks import OUTGOING_HOOKS
+from xmppcluster.core.events import OUTGOING, SESSION_BOUND, SESSION_UNBOUND, STREAM_ELEMENT, STREAM_PRE_AUTH_IQ
 from xmppcluster.core.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.core.sessions import Session
 from xmppcluster.core.tls import channel_bindings
@@ -455,7 +455,7 @@ class ClientStream:
             return
         if element.uri != ns.SASL:
             # Modules may serve a few IQs before authentication (XEP-0077 in-band registration).
-            if element.name == "iq" and self.server.hooks.fire("stream/pre-auth-iq", self, element):
+            if element.name == "iq" and self.server.hooks.dispatch(STREAM_PRE_AUTH_IQ, self, element):
                 return
             raise StreamFailure("not-authorized", "authenticate first")
         # Nothing more is read from the client until this step is answered: a flood sent during the
@@ -527,12 +527,12 @@ class ClientStream:
         bind = reply.addElement((ns.BIND, "bind"))
         bind.addElement("jid", content=session.jid)
         self.send(reply)
-        self.server.hooks.fire("session/bound", session)
+        self.server.hooks.notify(SESSION_BOUND, session)
 
     def session_replaced(self) -> None:
         """Another stream took over this full JID: unbind without touching the new one."""
         if self.session is not None:
-            self.server.hooks.fire("session/unbound", self.session, "conflict")
+            self.server.hooks.notify(SESSION_UNBOUND, self.session, "conflict")
             self.session = None
 
     # -- established stream ----------------------------------------------------------------------------
@@ -541,7 +541,7 @@ class ClientStream:
         session = self.session
         assert session is not None
         if element.uri != ns.CLIENT or element.name not in STANZAS:
-            if self.server.hooks.fire("stream/element", self, element):
+            if self.server.hooks.dispatch(STREAM_ELEMENT, self, element):
                 return
             raise StreamFailure("unsupported-stanza-type", f"<{element.name}/> is not a stanza")
         frm = element.getAttribute("from")
@@ -559,7 +559,7 @@ class ClientStream:
                     and not element.hasAttribute("to")):
                 self.send(stanzas.make("iq", type="result", id=element.getAttribute("id")))
                 return
-        if self.server.hooks.fire(OUTGOING_HOOKS[element.name], element, session):
+        if self.server.hooks.dispatch(OUTGOING[element.name], element, session):
             return
         self.server.router.route(element, session)
 
@@ -595,7 +595,7 @@ class ClientStream:
         session = self.session
         self.session = None
         if session is not None and self.server.sessions.unbind(session):
-            self.server.hooks.fire("session/unbound", session, reason)
+            self.server.hooks.notify(SESSION_UNBOUND, session, reason)
         self._info()("c2s stream {id} ({who}, {peer}) closed: {reason}", id=self.id,
                       who=self._who() if session is None else session.jid, peer=self.transport.peer, reason=reason)
 
