@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -273,7 +274,7 @@ class ListenerTests(unittest.TestCase):
 
 class GlobalsTests(unittest.TestCase):
     def test_defaults(self):
-        self.patch(config, "_default_node_name", lambda: "host.example.net")
+        self.patch(config.builder, "_default_node_name", lambda: "host.example.net")
         cfg = load(None)
         self.assertIsNone(cfg.source)
         self.assertEqual(cfg.virt_hosts, ["localhost"])
@@ -332,7 +333,7 @@ class GlobalsTests(unittest.TestCase):
         e = self.assertRaises(ConfigError, parse, "--cluster-mode=true\n--node-name=localhost\n")
         self.assertIn("test.properties:2: key '--node-name' = 'localhost': expected a real host name in cluster mode",
                       str(e))
-        self.patch(config, "_default_node_name", lambda: "localhost.localdomain")
+        self.patch(config.builder, "_default_node_name", lambda: "localhost.localdomain")
         e = self.assertRaises(ConfigError, parse, "--cluster-mode=true\n")
         self.assertIn("test.properties:1: key '--cluster-mode' = 'true': expected --node-name to be set", str(e))
         self.assertEqual(parse("--node-name=localhost\n").node_name, "localhost")
@@ -478,12 +479,55 @@ class CheckConfigTests(unittest.TestCase):
         self.assertIn("unknown key 'foo/bar' (ignored)", err)
         self.assertNotIn("foo", out)
 
+    def test_admins_reserved(self):
+        """--admins is accepted but does nothing yet: check-config says so (docs/configuration.rst)."""
+        rc, out, err = self.run_check("--admins=boss@example.com\n")
+        self.assertEqual(rc, 0)
+        self.assertEqual(err, config.ADMINS_RESERVED + "\n")
+        self.assertIn("c2s 5222 plain accept *", out)
+        self.assertEqual(parse("--admins=boss@example.com").notices(), [config.ADMINS_RESERVED])
+        self.assertEqual(parse("").notices(), [])
+
     def test_error(self):
         rc, out, err = self.run_check(SEED_ESCAPED + "ws2s/connections/5291/socket=sll\n")
         self.assertEqual(rc, 2)
         self.assertEqual(out, "")
         self.assertEqual(len(err.splitlines()), 1)
         self.assertRegex(err, r"^.+:2: key 'ws2s/connections/5291/socket' = 'sll': expected one of: plain, ssl\n$")
+
+
+class SectionTests(unittest.TestCase):
+    """The typed sections consumers take instead of key lookups: built once, frozen, from the registry."""
+
+    SECTIONS = {"limits": config.Limits, "auth": config.AuthSettings, "quotas": config.Quotas,
+                "peers": config.PeerSettings, "bosh": config.BoshSettings, "websocket": config.WebSocketSettings,
+                "cluster": config.ClusterSettings}
+
+    def test_defaults_match_registry(self):
+        """A section's own defaults are the registered ones (a bare ``Limits()`` in a test means the defaults)."""
+        for name, cls in self.SECTIONS.items():
+            self.assertEqual(getattr(config.Config(), name), cls(), name)
+
+    def test_values_reach_sections(self):
+        cfg = parse("--max-stanza-size=20000\n--scram-iterations=5000\n--offline-max-messages=3\n"
+                    "--trusted-proxies=10.0.0.0/8\nbosh/consider-secure=true\nbosh/max-wait=10\n"
+                    "ws2s/ping-interval=5\ncl-comp/drain-timeout=2.5\n")
+        self.assertEqual(cfg.limits.max_stanza_bytes, 20000)
+        self.assertEqual(cfg.auth.scram_iterations, 5000)
+        self.assertEqual(cfg.quotas.offline_max_messages, 3)
+        self.assertEqual(cfg.peers.trusted_proxies, ("10.0.0.0/8",))
+        self.assertEqual(cfg.peers.secure_components, ("bosh",))
+        self.assertEqual(cfg.bosh.max_wait, 10)
+        self.assertEqual(cfg.websocket.ping_interval, 5.0)
+        self.assertEqual(cfg.cluster.drain_timeout, 2.5)
+
+    def test_sections_are_frozen(self):
+        cfg = parse("")
+        for name in self.SECTIONS:
+            section = getattr(cfg, name)
+            self.assertIs(section, getattr(cfg, name))  # built once
+            field = next(iter(dataclasses.fields(section))).name
+            self.assertRaises(dataclasses.FrozenInstanceError, setattr, section, field, None)
 
 
 class DocsTests(unittest.TestCase):

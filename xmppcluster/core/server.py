@@ -5,7 +5,6 @@ Built by ``service.py`` (the only place that wires objects together) and handed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -26,36 +25,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-stream limits, read once from the configuration."""
-
-    max_stanza_bytes: int
-    max_elements: int
-    max_depth: int
-    unauthenticated_timeout: float
-    idle_timeout: float
-    whitespace_keepalive: float
-    client_rate: int
-    client_burst: int
-    client_output_limit: int
-
-    @classmethod
-    def from_config(cls, config: Config) -> Limits:
-        get = config.get
-        return cls(
-            max_stanza_bytes=get("--", "max-stanza-size"),
-            max_elements=get("--", "elements-number-limit"),
-            max_depth=get("--", "max-xml-depth"),
-            unauthenticated_timeout=float(get("--", "unauthenticated-timeout")),
-            idle_timeout=float(get("--", "idle-timeout")),
-            whitespace_keepalive=float(get("--", "whitespace-keepalive")),
-            client_rate=get("--", "client-rate-limit"),
-            client_burst=get("--", "client-rate-burst"),
-            client_output_limit=get("--", "client-output-limit"),
-        )
-
-
 class XMPPServer:
     """Everything a stream or a module needs to reach, on this node."""
 
@@ -67,7 +36,7 @@ class XMPPServer:
         self.storage = storage
         self.certs = certs
         self.clock = clock
-        self.limits = Limits.from_config(config)
+        self.limits = config.limits
         self.domains = frozenset(d.lower() for d in config.virt_hosts)
         self.node_name = config.node_name
         self.sessions = SessionRegistry()
@@ -77,8 +46,8 @@ class XMPPServer:
         #: The BOSH sessions of every BOSH port (streams.bosh.bosh_sessions makes them on first use).
         self.bosh: BoshSessions | None = None
         self.throttle = AuthThrottle(
-            base_delay=float(config.get("--", "auth-failure-delay")),
-            max_delay=float(config.get("--", "auth-failure-max-delay")),
+            base_delay=config.auth.failure_delay,
+            max_delay=config.auth.failure_max_delay,
             clock=clock,
         )
         self.modules: dict[str, Module] = {}

@@ -105,8 +105,8 @@ class OfflineMessages(Module):
 
     def __init__(self, server: Any) -> None:
         super().__init__(server)
-        self.max_messages: int = self.config.get("--", "offline-max-messages")
-        self.max_bytes: int = self.config.get("--", "offline-max-bytes")
+        self.max_messages: int = self.config.quotas.offline_max_messages
+        self.max_bytes: int = self.config.quotas.offline_max_bytes
         self.store: OfflineStore | None = None
         #: bare JID -> the delivery running for it (one at a time per account on this node)
         self._delivering: dict[str, Deferred] = {}

@@ -66,7 +66,7 @@ class Presence(Module):
 
     def __init__(self, server: Any) -> None:
         super().__init__(server)
-        self.max_directed: int = self.config.get("--", "directed-presence-max")
+        self.max_directed: int = self.config.quotas.directed_presence_max
 
     @property
     def roster(self) -> RosterModule:

@@ -80,8 +80,8 @@ class RosterModule(Module):
     def __init__(self, server: Any) -> None:
         super().__init__(server)
         self.store: RosterStore | None = None
-        self.max_items: int = self.config.get("--", "roster-max-size")
-        self.max_pending_bytes: int = self.config.get("--", "roster-pending-max-bytes")
+        self.max_items: int = self.config.quotas.roster_max_items
+        self.max_pending_bytes: int = self.config.quotas.roster_pending_max_bytes
         self._cache: dict[str, StoredRoster] = {}
         self._jobs = KeyedQueue()
         self._ids = itertools.count(1)

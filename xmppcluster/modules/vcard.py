@@ -31,7 +31,7 @@ class VCard(Module):
 
     def start(self) -> None:
         self.store = VCardStore(self.server.storage.db)
-        self.max_size = int(self.config.get("--", "vcard-max-size"))
+        self.max_size = self.config.quotas.vcard_max_bytes
 
     @iq("get", VCARD, to=("account",))
     async def get(self, request: domish.Element, sender: Any) -> domish.Element:

@@ -19,7 +19,7 @@ from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
-from xmppcluster.auth.credentials import DEFAULT_ITERATIONS, saslprep
+from xmppcluster.auth.credentials import saslprep
 from xmppcluster.storage import AccountExists, NoSuchAccount, StorageError, open_storage
 
 PROG = "xmppcluster"
@@ -122,8 +122,7 @@ _COMMANDS: dict[str, Callable[..., Awaitable[None]]] = {
 
 
 async def _open(config: Any):
-    iterations = config.get("--", "scram-iterations") or DEFAULT_ITERATIONS
-    return await open_storage(config.user_db_uri, scram_iterations=int(iterations))
+    return await open_storage(config.user_db_uri, scram_iterations=config.auth.scram_iterations)
 
 
 def _account(text: str, config: Any) -> tuple[str, str]:

@@ -101,7 +101,7 @@ def build_site(server: XMPPServer, listener: Listener) -> Site:
     site = XmppSite(root)
     site.xmpp, site.port = server, listener.port
     # Stop storing a request body once it passes the BOSH limit (the stanza limit bounds WebSocket).
-    site.requestFactory = limited_request(server.config.get("bosh", "max-body-size"))
+    site.requestFactory = limited_request(server.config.bosh.max_body)
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -1022,7 +1022,7 @@ def import_main(args: argparse.Namespace) -> int:
 async def _import(args: argparse.Namespace, config: Any) -> int:
     from xmppcluster.storage import StorageError, open_storage
 
-    iterations = int(config.get("--", "scram-iterations") or DEFAULT_ITERATIONS)
+    iterations = config.auth.scram_iterations
     bar = _Progress(_progress_stream(args), "read")
     report = None
     try:

@@ -32,7 +32,7 @@ class ServerService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        for warning in self.config.warnings:  # once, at start (check-config prints the same lines)
+        for warning in self.config.notices():  # once, at start (check-config prints the same lines)
             # Not a "warning" field: trial and twisted.logger treat that name as a Python warning.
             log.warn("configuration: {problem}", problem=warning)
         from xmppcluster.ops.reload import SighupReloader
@@ -48,7 +48,7 @@ class ServerService(service.MultiService):
         from xmppcluster.storage.secrets import shared_secret
 
         storage = await open_storage(self.config.user_db_uri,
-                                     scram_iterations=self.config.get("--", "scram-iterations"))
+                                     scram_iterations=self.config.auth.scram_iterations)
         self.server = XMPPServer(self.config, storage, self.certs, clock=self.reactor)
         self.server.sasl_secret = await shared_secret(storage.db, "sasl-fake-salt")
         load_modules(self.server)
@@ -128,7 +128,7 @@ class ServerService(service.MultiService):
         log.info("draining {n} client streams to {peer}", n=len(server.streams), peer=peer)
         for stream in list(server.streams):
             stream.redirect(peer)
-        deadline = self.reactor.seconds() + float(self.config.get("cl-comp", "drain-timeout"))
+        deadline = self.reactor.seconds() + self.config.cluster.drain_timeout
         while server.streams and self.reactor.seconds() < deadline:
             await task.deferLater(self.reactor, 0.05, lambda: None)
 

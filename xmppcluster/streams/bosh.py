@@ -14,7 +14,6 @@ import re
 import secrets
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -22,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from xmppcluster.auth.throttle import peer_key
+from xmppcluster.config import BoshSettings
 from xmppcluster.core import namespaces as ns
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.xml import StreamFault, parse_element
@@ -46,7 +46,7 @@ from xmppcluster.streams.throttle import log_budget
 if TYPE_CHECKING:
     from twisted.words.xish import domish
 
-    from xmppcluster.config import Config, Listener
+    from xmppcluster.config import Listener
     from xmppcluster.core.server import XMPPServer
 
 #: ``unknown_sid(sid, exchange, body, secure, peer)``: answers a request for a session this node does not
@@ -65,46 +65,12 @@ _GET_PAGE = (b"This is an XMPP BOSH endpoint (XEP-0124, XEP-0206).\n"
              b"XMPP clients POST <body xmlns='http://jabber.org/protocol/httpbind'/> requests here.\n")
 
 
-@dataclass(frozen=True)
-class BoshSettings:
-    """The ``bosh/*`` settings, read once."""
-
-    send_host: bool = True
-    max_wait: int = 30
-    min_polling: int = 2
-    max_inactivity: int = 60
-    concurrent_requests: int = 2
-    hold_requests: int = 1
-    max_pause: int = 120
-    max_waiting: int = 100
-    max_body: int = 524288
-    max_per_ip: int = 100
-    cors_origins: tuple[str, ...] = ("*",)
-
-    @classmethod
-    def from_config(cls, config: Config) -> BoshSettings:
-        get = config.get
-        return cls(
-            send_host=bool(get("bosh", "send-node-hostname")),
-            max_wait=get("bosh", "max-wait"),
-            min_polling=get("bosh", "min-polling"),
-            max_inactivity=get("bosh", "max-inactivity"),
-            concurrent_requests=get("bosh", "concurrent-requests"),
-            hold_requests=get("bosh", "hold-requests"),
-            max_pause=get("bosh", "max-pause"),
-            max_waiting=get("bosh", "max-session-waiting-packets"),
-            max_body=get("bosh", "max-body-size"),
-            max_per_ip=get("bosh", "max-sessions-per-ip"),
-            cors_origins=tuple(get("bosh", "cors-allow-origins")),
-        )
-
-
 class BoshSessions:
     """The BOSH sessions of one server, by sid."""
 
     def __init__(self, server: XMPPServer, settings: BoshSettings | None = None) -> None:
         self.server = server
-        self.settings = settings or BoshSettings.from_config(server.config)
+        self.settings = settings or server.config.bosh
         self.sessions: dict[str, BoshSession] = {}
         self.per_ip: Counter[str] = Counter()
         self._owners: dict[str, str | None] = {}

@@ -406,7 +406,7 @@ class ClientStream:
                 allow_anonymous=bool(self.server.config.vhost_option(self.domain, "anon")),
                 clock=self.clock,
                 run_blocking=_run_blocking(self.clock),
-                iterations=self.server.config.get("--", "scram-iterations"),
+                iterations=self.server.config.auth.scram_iterations,
                 secret=self.server.sasl_secret,
                 require_encryption=bool(self.server.config.vhost_option(self.domain, "tls-required")),
                 log_allowed=log_budget(self.server).allow,

@@ -118,10 +118,9 @@ class ClientPolicy:
 
     @classmethod
     def from_config(cls, config: Config) -> ClientPolicy:
-        get = config.get
-        return cls(get("--", "trusted-proxies"), header=get("--", "trusted-proxy-header"),
-                   secure_loopback=bool(get("--", "secure-loopback")),
-                   secure_components=[c for c in ("bosh", "ws2s") if get(c, "consider-secure")])
+        peers = config.peers
+        return cls(peers.trusted_proxies, header=peers.trusted_proxy_header, secure_loopback=peers.secure_loopback,
+                   secure_components=peers.secure_components)
 
     def is_trusted_proxy(self, address: str) -> bool:
         parsed = parse_address(address)

@@ -174,7 +174,7 @@ def connection_limit(server: Any) -> ConnectionLimit:
     if limit is None:
         from xmppcluster.streams.peers import client_policy
 
-        limit = _limits[server] = ConnectionLimit(server.config.get("--", "max-connections-per-ip"),
+        limit = _limits[server] = ConnectionLimit(server.config.peers.max_connections_per_ip,
                                                   client_policy(server).is_trusted_proxy)
     return limit
 

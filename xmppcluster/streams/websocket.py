@@ -90,12 +90,12 @@ class WebSocketSettings:
     """The ``ws2s/*`` settings and stream limits, read once per listener."""
 
     def __init__(self, server: XMPPServer) -> None:
-        config = server.config
-        origins = [normalize_origin(o) for o in config.get("ws2s", "allowed-origins") if o.strip()]
+        settings = server.config.websocket
+        origins = [normalize_origin(o) for o in settings.allowed_origins if o.strip()]
         self.any_origin = "*" in origins
         self.origins = frozenset(origins)
-        self.ping_interval = float(config.get("ws2s", "ping-interval"))
-        self.idle_timeout = float(config.get("ws2s", "idle-timeout"))
+        self.ping_interval = settings.ping_interval
+        self.idle_timeout = settings.idle_timeout
         limits = server.limits
         self.max_message_bytes = limits.max_stanza_bytes
         self.max_elements = limits.max_elements
