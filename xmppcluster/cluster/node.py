@@ -62,9 +62,9 @@ class Cluster:
         self.reactor = reactor
         self.clock = server.clock
         self.name = server.node_name
-        self.heartbeat_interval = float(config.get("cl-comp", "heartbeat-interval"))
-        self.failure_timeout = float(config.get("cl-comp", "failure-timeout"))
-        self.handshake_timeout = float(config.get("cl-comp", "handshake-timeout"))
+        self.heartbeat_interval = config.cluster.heartbeat_interval
+        self.failure_timeout = config.cluster.failure_timeout
+        self.handshake_timeout = config.cluster.handshake_timeout
         limits = server.limits
         #: Largest frame a link accepts (and sends): room for any stanza a client may send, with what the
         #: server adds to it (delay, error, forwarding wrappers). Every node has the same limits.

@@ -33,7 +33,7 @@ async def status(config, out: TextIO) -> int:
     if not rows:
         out.write("no cluster node has reported to this database (is --cluster-mode on?)\n")
         return 1
-    stale_after = max(3 * float(config.get("cl-comp", "failure-timeout")), 5.0)
+    stale_after = max(3 * config.cluster.failure_timeout, 5.0)
     out.write("\n".join(render(rows, time.time(), stale_after)) + "\n")
     return 0
 
