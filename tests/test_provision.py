@@ -25,6 +25,17 @@ from xmppcluster.storage.offline import OfflineStore
 from xmppcluster.storage.roster import RosterItem, RosterStore
 
 FIXTURE = Path(__file__).parent / "fixtures" / "prosody-export.xml"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def write_synthetic(*args, **kw) -> None:
+    """bench/xep0227.py's generator (bench/ is a directory of scripts, not a package)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import xep0227
+    finally:
+        sys.path.remove(str(BENCH))
+    xep0227.write_synthetic(*args, **kw)
 ITERATIONS = 64
 
 
@@ -181,8 +192,7 @@ class ProvisionTestsMixin:
         storage = await self.storage()
         path = Path(self.mktemp())
         with path.open("wb") as f:
-            provision.write_synthetic(f, "example.com", 5000, roster_size=20, password="secret",
-                                      iterations=ITERATIONS)
+            write_synthetic(f, "example.com", 5000, roster_size=20, password="secret", iterations=ITERATIONS)
         report, _ = await self.import_(storage, path)
         self.assertEqual(report.imported, 5000)
         roster = await RosterStore(storage.db).get("user5000", "example.com")
@@ -231,7 +241,7 @@ class ParserTests(TestCase):
         self.refused("<?xml version='1.0' encoding='ISO-8859-1'?><server-data xmlns='urn:xmpp:pie:0'/>", "UTF-8")
 
     def test_user_size_cap(self) -> None:
-        self.patch(provision, "MAX_USER_BYTES", 1000)
+        self.patch(provision.reader, "MAX_USER_BYTES", 1000)
         self.refused("<server-data xmlns='urn:xmpp:pie:0'><host jid='x'><user name='a'>"
                      f"<vCard xmlns='vcard-temp'><FN>{'x' * 5000}</FN></vCard></user></host></server-data>",
                      "exceeds 1000 bytes")
