@@ -26,6 +26,7 @@ from xml.sax.saxutils import quoteattr
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from xmppcluster.core import events as ev
 from xmppcluster.core.serializer import serialize
 from xmppcluster.streams.bosh import bosh_sessions, render_body
 from xmppcluster.streams.bosh_session import DEFAULT_CONTENT_TYPE, Exchange
@@ -89,11 +90,11 @@ class BoshForwarder:
         self._numbers = itertools.count(1)
         #: The owner answers within the request's 'wait' (at most bosh/max-wait): longer means lost.
         self.timeout = bosh_sessions(cluster.server).settings.max_wait + cluster.failure_timeout
-        hooks = cluster.server.hooks
-        hooks.add("cluster/bosh-req", self._request)
-        hooks.add("cluster/bosh-resp", self._response)
-        hooks.add("cluster/node-down", self._node_down)
-        hooks.add("cluster/node-up", self._node_up)
+        on = cluster.server.hooks.on
+        on(ev.CLUSTER_BOSH_REQUEST, self._request)
+        on(ev.CLUSTER_BOSH_RESPONSE, self._response)
+        on(ev.CLUSTER_NODE_DOWN, self._node_down)
+        on(ev.CLUSTER_NODE_UP, self._node_up)
 
     def owner(self, sid: str) -> str | None:
         """The cluster member (reachable now or not) whose tag ends ``sid``."""
