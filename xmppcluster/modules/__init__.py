@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xmppcluster.core.server import XMPPServer
+    from xmppcluster.modules.base import Module
 
 
 @cache
@@ -35,6 +36,10 @@ def available_modules() -> dict[str, type]:
 
 class UnknownModule(ValueError):
     """``--sm-plugins`` names a module that does not exist."""
+
+
+class ModuleDependencyError(ValueError):
+    """An enabled module requires a module that is not enabled."""
 
 
 def enabled_modules(config: Any) -> list[type]:
@@ -65,9 +70,31 @@ def module_domains(config: Any) -> dict[str, frozenset[str]]:
 
 
 def load_modules(server: XMPPServer, names: list[str] | None = None) -> None:
-    """Instantiate the enabled modules (``--sm-plugins``), or exactly ``names``, and add them to ``server``."""
+    """Instantiate the enabled modules (``--sm-plugins``), or exactly ``names``, give each the modules it
+    declares (``requires``, ``uses``), and add them to ``server``."""
     serving = module_domains(server.config)
+    modules = []
     for name in sorted(serving) if names is None else names:
         module = available_modules()[name](server)
         module.domains = serving.get(name, server.domains)
+        modules.append(module)
+    inject_dependencies(modules)
+    for module in modules:
         server.add_module(module)
+
+
+def inject_dependencies(modules: list[Module]) -> None:
+    """Set on each module the modules it ``requires`` and ``uses``, as the attribute each dependency's class
+    names in ``inject_as`` (None for a used module that is not loaded). Raises
+    :class:`ModuleDependencyError` when a required module is not among ``modules``."""
+    for module in modules:
+        wanted = [(cls, True) for cls in module.requires] + [(cls, False) for cls in module.uses]
+        for cls, required in wanted:
+            if not cls.inject_as:
+                raise TypeError(f"module {cls.name} is a dependency of {module.name} but has no inject_as")
+            found = next((other for other in modules if isinstance(other, cls)), None)
+            if found is None and required:
+                raise ModuleDependencyError(
+                    f"module {module.name} requires module {cls.name}, which is not enabled "
+                    f"(--sm-plugins, vhost-man/<domain>/sm-plugins)")
+            setattr(module, cls.inject_as, found)

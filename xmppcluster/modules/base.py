@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from xmppcluster.core.events import EVENTS, UnknownEvent
 from xmppcluster.core.stanza import StanzaError
 
 __all__ = ["Module", "StanzaError", "hook", "iq"]
@@ -33,7 +34,10 @@ def iq(type: str, namespace: str, *, to: tuple[str, ...] = ("server",)) -> Calla
 
 
 def hook(event: str, priority: int = 0) -> Callable:
-    """Mark a method as a handler of the named server event (see docs/architecture.rst for the events)."""
+    """Mark a method as a handler of ``event``, a constant of :mod:`xmppcluster.core.events` (higher
+    ``priority`` runs first)."""
+    if event not in EVENTS:
+        raise UnknownEvent(f"{event!r} is not an event of xmppcluster/core/events.py")
 
     def mark(fn: Callable) -> Callable:
         fn.__dict__.setdefault("_hook", []).append((event, priority))
@@ -53,6 +57,14 @@ class Module:
     features: tuple[str, ...] = ()
     #: Disco features this module adds to an account's disco#info.
     account_features: tuple[str, ...] = ()
+    #: Module classes this one cannot work without. At load each is injected as the attribute its class
+    #: names in ``inject_as``; loading fails (:class:`~xmppcluster.modules.ModuleDependencyError`) when one is
+    #: not enabled.
+    requires: tuple[type[Module], ...] = ()
+    #: Module classes this one uses when they are enabled: injected the same way, None when they are not.
+    uses: tuple[type[Module], ...] = ()
+    #: The attribute under which the modules that require or use this one get it.
+    inject_as: str = ""
 
     def __init__(self, server: XMPPServer) -> None:
         self.server = server

@@ -90,6 +90,7 @@ class Blocking(Module):
     """XEP-0191: blocklists, their pushes, and blocking of stanzas in both directions."""
 
     name = "urn:xmpp:blocking"
+    inject_as = "blocking"
     features = (NS,)
 
     #: Most JIDs one account may block.

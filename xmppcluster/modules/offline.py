@@ -39,7 +39,7 @@ from xmppcluster.core.sessions import Session
 from xmppcluster.core.stanza import utc_stamp
 from xmppcluster.core.xml import StreamFault, parse_element
 from xmppcluster.modules.base import Module, hook
-from xmppcluster.modules.blocking import blocked_by
+from xmppcluster.modules.blocking import Blocking, blocked_by
 from xmppcluster.storage.errors import NoSuchAccount
 from xmppcluster.storage.offline import OfflineQueueFull, OfflineStore
 
@@ -97,6 +97,10 @@ class OfflineMessages(Module):
 
     name = "msgoffline"
     features = ("msgoffline",)
+    uses = (Blocking,)
+    #: The blocking module (injected at load; None when it is not enabled): stored messages from JIDs
+    #: blocked since are not delivered.
+    blocking: Blocking | None = None
 
     #: Seconds after which another delivery may take over rows claimed by a delivery that never finished.
     claim_timeout = 300
@@ -287,8 +291,7 @@ class OfflineMessages(Module):
                                           stale_after=self.claim_timeout, batch=self.batch)
         if not messages:
             return False
-        blocking = self.server.modules.get("urn:xmpp:blocking")
-        blocked = await blocking.blocklist(bare) if blocking is not None else frozenset()
+        blocked = await self.blocking.blocklist(bare) if self.blocking is not None else frozenset()
         done: list[int] = []
         for message in messages:
             target = session if self._eligible(session) else self._target(bare)

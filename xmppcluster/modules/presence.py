@@ -63,17 +63,16 @@ def _bare_of(text: str) -> str | None:
 
 class Presence(Module):
     name = "presence"
+    uses = (RosterModule,)
+    #: The roster module (injected at load; None when it is not enabled: presence is then passed on as is).
+    roster: RosterModule | None = None
 
     def __init__(self, server: Any) -> None:
         super().__init__(server)
         self.max_directed: int = self.config.quotas.directed_presence_max
 
-    @property
-    def roster(self) -> RosterModule:
-        return self.server.modules[RosterModule.name]
-
     def _ready(self) -> bool:
-        return RosterModule.name in self.server.modules
+        return self.roster is not None
 
     def stream_features(self, stream: Any, stage: str) -> list[domish.Element]:
         return [domish.Element((PRE_APPROVAL, "sub"))] if stage == "bound" else []

@@ -76,6 +76,7 @@ def state_of(item: RosterItem | None, pending: str | None) -> State:
 
 class RosterModule(Module):
     name = "jabber:iq:roster"
+    inject_as = "roster"
 
     def __init__(self, server: Any) -> None:
         super().__init__(server)
