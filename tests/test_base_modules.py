@@ -42,6 +42,8 @@ class FakeStream:
     def __init__(self, *, secure: bool = True, anonymous: bool = False) -> None:
         self.transport = FakeTransport(secure)
         self.anonymous = anonymous
+        self.state = "established"
+        self.server = None
         self.sent: list[domish.Element] = []
         self.failed: list[tuple[str, str | None]] = []
         self._waiting: dict[str, Deferred] = {}
@@ -54,6 +56,12 @@ class FakeStream:
 
     def fail(self, condition: str, text: str | None = None) -> None:
         self.failed.append((condition, text))
+
+    def request_started(self) -> None:
+        pass
+
+    def request_finished(self) -> None:
+        pass
 
     def reply(self, id: str) -> Deferred:
         for element in self.sent:

@@ -121,3 +121,21 @@ class LayerTests(TestCase):
         self.assertEqual(len(cycles(graph)), 1)
         probe = PACKAGE / "streams" / "bosh.py"
         self.assertTrue(all(layer(m) for m in imports_of(probe)))
+
+
+class SessionInterfaceTests(TestCase):
+    def test_local_and_remote_sessions_implement_bound_session(self) -> None:
+        """Every member of core.sessions.BoundSession exists on Session and on cluster's RemoteSession."""
+        from xmppcluster.cluster.directory import RemoteSession
+        from xmppcluster.core.sessions import BoundSession, Session
+
+        members = {name for name in vars(BoundSession) if not name.startswith("_")}
+        members |= set(BoundSession.__annotations__)
+        self.assertIn("deliver_serialized", members)
+        local = Session("u", "example.org", "r", object())  # type: ignore[arg-type]
+        for cls in (Session, RemoteSession):
+            instance = local if cls is Session else RemoteSession(None, "n", "u@example.org/r", 1)  # type: ignore[arg-type]
+            missing = sorted(name for name in members
+                             if not hasattr(cls, name) and name not in getattr(instance, "__dict__", {})
+                             and name not in getattr(cls, "__slots__", ()))
+            self.assertEqual(missing, [], cls.__name__)

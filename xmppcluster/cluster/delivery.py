@@ -124,7 +124,7 @@ class Delivery:
             return None
         bare, _, resource = jid.partition("/")
         session = self.cluster.server.sessions.get(bare, resource)
-        if session is not None and session.node is None and getattr(session.stream, "state", None) != "closed":
+        if session is not None and session.is_local and session.is_open:
             try:
                 session.deliver_serialized(body)
             except Exception:
@@ -208,5 +208,3 @@ def envelope(body: bytes) -> domish.Element | None:
 def kept_type(stanza: domish.Element) -> bool:
     """Whether a stanza is a message kept in the outbox until acknowledged."""
     return stanza.name == "message" and stanza.getAttribute("type") in ROUTED_TYPES_KEPT
-
-

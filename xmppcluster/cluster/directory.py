@@ -25,6 +25,7 @@ from xml.sax.saxutils import quoteattr
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from xmppcluster.cluster.delivery import kept
 from xmppcluster.core.namespaces import CLIENT
 from xmppcluster.core.serializer import serialize
 from xmppcluster.core.sessions import Session
@@ -42,9 +43,14 @@ STAMP = "cluster/stamp"
 
 
 class RemoteSession:
-    """A session bound on another node."""
+    """A session bound on another node (a :class:`~xmppcluster.core.sessions.BoundSession`)."""
 
     stream = None
+    is_local = False
+    #: Only the owner node knows; what this node does for an anonymous session it does for its own only.
+    anonymous = False
+    #: Open while the directory holds it (the owner node says when it ends).
+    is_open = True
 
     def __init__(self, cluster: Cluster, node: str, jid: str, stamp: int) -> None:
         self.cluster = cluster
@@ -66,6 +72,9 @@ class RemoteSession:
 
     def deliver(self, stanza: domish.Element) -> None:
         self.cluster.route_to(self.node, stanza, self.jid)
+
+    def deliver_serialized(self, xml: bytes) -> None:
+        self.cluster.delivery.route(self.node, xml, self.jid, kept(xml))
 
     def close(self, condition: str, text: str | None = None) -> None:
         self.cluster.send_event(self.node, f"<kick jid={quoteattr(self.jid)} condition={quoteattr(condition)}/>")

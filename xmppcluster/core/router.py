@@ -61,8 +61,8 @@ def _priority(presence: domish.Element) -> int:
     return 0
 
 
-def _finished(result: object, stream: object) -> object:
-    stream.request_finished()
+def _finished(result: object, sender: Session) -> object:
+    sender.request_finished()
     return result
 
 
@@ -249,11 +249,10 @@ class Router:
             return
         if isinstance(reply, Deferred) or hasattr(reply, "__await__"):
             pending = ensureDeferred(reply)
-            stream = getattr(sender, "stream", None)
-            if hasattr(stream, "request_started"):
+            if sender is not None:
                 # The client's input waits while too many of its requests are being answered.
-                stream.request_started()
-                pending.addBoth(_finished, stream)
+                sender.request_started()
+                pending.addBoth(_finished, sender)
             pending.addCallbacks(
                 lambda value: self._answer(stanza, value),
                 lambda failure: self._handler_failed(stanza, failure, payload.uri))
@@ -285,4 +284,3 @@ class Router:
         if stanza.name == "presence" and condition not in ("jid-malformed", "bad-request"):
             return
         self.route(stanzas.error_reply(stanza, condition, type=type, text=text))
-

@@ -1,11 +1,16 @@
-"""Bound resources of this node: who is connected, with which priority and presence."""
+"""Bound resources of this node: who is connected, with which priority and presence.
+
+:class:`BoundSession` is what the router, the modules and the cluster may ask of any bound resource, local
+(:class:`Session`, here) or on another node (``xmppcluster.cluster.directory.RemoteSession``). Nothing looks
+at a session's stream to find out more: what a stream knows that others need is a property of the session.
+"""
 
 from __future__ import annotations
 
 import itertools
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.words.xish import domish
 
@@ -17,8 +22,58 @@ if TYPE_CHECKING:
 _order = itertools.count()
 
 
+class BoundSession(Protocol):
+    """A bound resource, on this node or another: what the router, modules and cluster may use."""
+
+    user: str
+    domain: str
+    resource: str
+    bare: str
+    jid: str
+    #: None for a session of this node, else the cluster node it is bound on.
+    node: str | None
+    priority: int
+    #: Last broadcast presence (available), or None while unavailable.
+    presence: domish.Element | None
+    interested: bool
+    #: Full or bare JIDs that got directed presence from this resource (RFC 6121 §4.6).
+    directed: set[str]
+    #: Per-module state, keyed by module name.
+    data: dict[str, object]
+    order: int
+
+    @property
+    def is_local(self) -> bool:
+        """Bound on this node (its stream is here)."""
+
+    @property
+    def available(self) -> bool:
+        """Has sent available presence."""
+
+    @property
+    def anonymous(self) -> bool:
+        """Logged in with SASL ANONYMOUS (False for another node's session: only its node knows)."""
+
+    @property
+    def is_open(self) -> bool:
+        """Its stream can still be written to (another node's session: while the directory holds it)."""
+
+    def deliver(self, stanza: domish.Element) -> None:
+        """Send a stanza to this resource's client."""
+
+    def deliver_serialized(self, xml: bytes) -> None:
+        """Send a stanza already serialized by our serializer (UTF-8, with its xmlns)."""
+
+    def close(self, condition: str, text: str | None = None) -> None:
+        """End the session's stream with a stream error."""
+
+    def replaced(self) -> None:
+        """A newer session took this full JID."""
+
+
 class Session:
-    """One bound resource. Transport-neutral: delivery goes through the stream core."""
+    """One bound resource of this node (a :class:`BoundSession`). Transport-neutral: delivery goes through
+    the stream core."""
 
     __slots__ = ("user", "domain", "resource", "bare", "jid", "stream", "priority", "presence",
                  "_interested", "directed", "order", "bound_at", "data")
@@ -50,6 +105,18 @@ class Session:
         return self.presence is not None
 
     @property
+    def is_local(self) -> bool:
+        return True
+
+    @property
+    def anonymous(self) -> bool:
+        return self.stream.anonymous
+
+    @property
+    def is_open(self) -> bool:
+        return self.stream.state != "closed"
+
+    @property
     def interested(self) -> bool:
         """True once the client asked for its roster (RFC 6121 "interested resource")."""
         return self._interested
@@ -58,7 +125,7 @@ class Session:
     def interested(self, value: bool) -> None:
         if value != self._interested:
             self._interested = value
-            server = getattr(self.stream, "server", None)
+            server = self.stream.server
             if server is not None:
                 server.hooks.notify(SESSION_INTERESTED, self)
 
@@ -77,6 +144,13 @@ class Session:
     def close(self, condition: str, text: str | None = None) -> None:
         """End the stream with a stream error (e.g. ``conflict``)."""
         self.stream.fail(condition, text)
+
+    def request_started(self) -> None:
+        """An IQ of this client is being answered (its input waits while too many are)."""
+        self.stream.request_started()
+
+    def request_finished(self) -> None:
+        self.stream.request_finished()
 
     def __repr__(self) -> str:
         return f"<Session {self.jid} prio={self.priority} available={self.available}>"

@@ -409,7 +409,7 @@ class Blocking(Module):
         """XEP-0191 §3.3-3.5: the change to every resource here that asked for the blocklist (resources on
         other cluster nodes get it from their node: :meth:`pushed_elsewhere`)."""
         for session in self.server.sessions.of(bare):
-            if getattr(session, "node", None) is not None or not session.data.get(self.name):
+            if not session.is_local or not session.data.get(self.name):
                 continue
             push = stanzas.make("iq", to=session.jid, type="set", id=f"block-{secrets.token_hex(4)}")
             element = push.addElement((NS, action))

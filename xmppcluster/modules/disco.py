@@ -114,7 +114,7 @@ class Disco(Module):
         if not await self._account_visible(bare, request, sender):
             raise StanzaError("service-unavailable")
         _no_node(stanzas.first_child(request))
-        anonymous = sender is not None and sender.bare == bare and getattr(sender.stream, "anonymous", False)
+        anonymous = sender is not None and sender.bare == bare and sender.anonymous
         identity = ("account", "anonymous" if anonymous else "registered")
         return _info(request, identity, self.server.account_features())
 

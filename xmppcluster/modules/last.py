@@ -104,7 +104,7 @@ class LastActivity(Module):
     @hook(SESSION_UNBOUND, 0)
     def logged_out(self, session: Any, reason: str) -> bool:
         """Record the logout time once the account's last local session is gone; never stops the event."""
-        if self.server.sessions.of(session.bare) or getattr(session.stream, "anonymous", False):
+        if self.server.sessions.of(session.bare) or session.anonymous:
             return False
         status = str(session.data.get(self.name) or "")
         ensureDeferred(self._record(session.user, session.domain, status)).addErrback(

@@ -258,7 +258,7 @@ class OfflineMessages(Module):
         """A resource of this node, available with a non-negative priority, whose stream is open."""
         return (session.node is None and session.available and session.priority >= 0
                 and self.server.sessions.get(session.bare, session.resource) is session
-                and getattr(session.stream, "state", None) != "closed")
+                and session.is_open)
 
     def _target(self, bare: str) -> Session | None:
         """The most available resource of ``bare`` on this node with a non-negative priority, if any."""

@@ -210,7 +210,7 @@ class Registration(Module):
     async def change(self, request: domish.Element, sender: Any) -> domish.Element | bool:
         try:
             self._own(request, sender)
-            if getattr(sender.stream, "anonymous", False):
+            if sender.anonymous:
                 raise StanzaError("not-allowed", "anonymous accounts cannot be changed")
             query = stanzas.first_child(request)
             if any(True for _ in query.elements(REGISTER, "remove")):
