@@ -128,7 +128,7 @@ class AttackCase(TestCase):
             if reason in why:
                 event.set()
 
-        self.running.server.hooks.add("session/unbound", hook)
+        self.running.server.hooks.on("session/unbound", hook)
         return event
 
     async def under_attack(self, attack) -> tuple[object, list[float], int]:

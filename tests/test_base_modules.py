@@ -127,14 +127,14 @@ class Harness:
         user, _, domain = bare.partition("@")
         session = Session(user, domain, resource, FakeStream(**stream))
         self.server.sessions.bind(session)
-        self.server.hooks.fire("session/bound", session)
+        self.server.hooks.notify("session/bound", session)
         if available:
             self.send(session, "<presence/>")
         return session
 
     def logout(self, session: Session, reason: str = "gone") -> None:
         if self.server.sessions.unbind(session):
-            self.server.hooks.fire("session/unbound", session, reason)
+            self.server.hooks.notify("session/unbound", session, reason)
 
     def send(self, session: Session, xml: str) -> domish.Element:
         stanza = parse_element(xml.replace("<iq ", "<iq xmlns='jabber:client' ", 1)

@@ -229,7 +229,7 @@ class BlockingModuleTestsMixin:
     async def test_presence_on_block_and_unblock(self) -> None:
         await self.start()
         subscribed = {("bob@localhost", "carol@localhost")}
-        self.server.hooks.add("roster/subscribed-from", lambda owner, contact: (owner, contact) in subscribed)
+        self.server.hooks.on("roster/subscribed-from", lambda owner, contact: (owner, contact) in subscribed)
         bob = await self.online("bob", "phone", priority=4)
         alice = await self.online("alice", "pc")
         carol = await self.online("carol", "pc")

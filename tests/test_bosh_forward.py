@@ -8,7 +8,7 @@ from twisted.words.xish import domish
 
 from xmppcluster.cluster.bosh_forward import BoshForwarder, node_tag
 from xmppcluster.config import Config
-from xmppcluster.core.hooks import Hooks
+from xmppcluster.core.events import Events
 from xmppcluster.streams.bosh_session import HTTPBIND
 
 OWNER = "t2.example.com"
@@ -17,7 +17,7 @@ OWNER = "t2.example.com"
 class FakeServer:
     def __init__(self) -> None:
         self.config = Config()
-        self.hooks = Hooks()
+        self.hooks = Events()
         self.clock = Clock()
         self.node_name = "t1.example.com"
         self.bosh = None
@@ -91,23 +91,24 @@ class ForwardingTests(TestCase):
         self.assertEqual(self.cluster.sent, [])
         self.assertEqual(self.exchange.answers, [])
         self.cluster.up = True
-        self.cluster.server.hooks.fire("cluster/node-up", OWNER)
+        self.cluster.server.hooks.notify("cluster/node-up", OWNER)
         self.assertEqual(len(self.cluster.sent), 1)
         self.assertIn("rid='42'", self.cluster.sent[0])
-        self.cluster.server.hooks.fire("cluster/bosh-resp", OWNER, response(number_of(self.cluster.sent[0])))
+        self.cluster.server.hooks.notify("cluster/bosh-resp", OWNER, response(number_of(self.cluster.sent[0])))
         self.assertEqual(len(self.exchange.answers), 1)
         self.assertEqual(self.forwarder.waiting, {})
 
     def test_request_in_flight_is_sent_again_on_a_new_link(self) -> None:
         self.cluster.up = True
         self.forwarder.forward(self.sid, self.exchange, request(self.sid), False, "10.0.0.1")
-        self.cluster.server.hooks.fire("cluster/node-up", OWNER)  # the link was replaced: the answer may be lost
+        self.cluster.server.hooks.notify("cluster/node-up", OWNER)  # the link was replaced: the answer may be lost
         first, again = self.cluster.sent
         self.assertEqual(first.partition(">")[2], again.partition(">")[2])  # same rid: the owner answers it once
         # The owner answers the replaced sending with a recoverable error: not this request's answer.
-        self.cluster.server.hooks.fire("cluster/bosh-resp", OWNER, response(number_of(first), b"<body type='error'/>"))
+        error = response(number_of(first), b"<body type='error'/>")
+        self.cluster.server.hooks.notify("cluster/bosh-resp", OWNER, error)
         self.assertEqual(self.exchange.answers, [])
-        self.cluster.server.hooks.fire("cluster/bosh-resp", OWNER, response(number_of(again)))
+        self.cluster.server.hooks.notify("cluster/bosh-resp", OWNER, response(number_of(again)))
         self.assertEqual(len(self.exchange.answers), 1)
 
     def test_unanswered_request_times_out_with_a_recoverable_error(self) -> None:
@@ -121,12 +122,12 @@ class ForwardingTests(TestCase):
         self.assertIn(b'type="error"', data)
         self.assertEqual(self.forwarder.waiting, {})
         self.assertEqual(self.cluster.clock.getDelayedCalls(), [])
-        self.cluster.server.hooks.fire("cluster/bosh-resp", OWNER, response("1"))  # too late: ignored
+        self.cluster.server.hooks.notify("cluster/bosh-resp", OWNER, response("1"))  # too late: ignored
         self.assertEqual(len(self.exchange.answers), 1)
 
     def test_dead_owner_terminates_waiting_requests(self) -> None:
         self.forwarder.forward(self.sid, self.exchange, request(self.sid), False, "10.0.0.1")
-        self.cluster.server.hooks.fire("cluster/node-down", OWNER)
+        self.cluster.server.hooks.notify("cluster/node-down", OWNER)
         (data, _), = self.exchange.answers
         self.assertIn(b"remote-connection-failed", data)
         self.assertEqual(self.forwarder.waiting, {})
@@ -135,10 +136,10 @@ class ForwardingTests(TestCase):
     def test_answer_from_another_node_or_unreadable_is_not_passed_on(self) -> None:
         self.cluster.up = True
         self.forwarder.forward(self.sid, self.exchange, request(self.sid), False, "10.0.0.1")
-        self.cluster.server.hooks.fire("cluster/bosh-resp", "t3.example.com", response("1"))
+        self.cluster.server.hooks.notify("cluster/bosh-resp", "t3.example.com", response("1"))
         self.assertEqual(self.exchange.answers, [])
         bad = response("1")
         bad.children = ["not base64 !"]
-        self.cluster.server.hooks.fire("cluster/bosh-resp", OWNER, bad)
+        self.cluster.server.hooks.notify("cluster/bosh-resp", OWNER, bad)
         (data, _), = self.exchange.answers
         self.assertIn(b'type="error"', data)

@@ -26,9 +26,6 @@ from xmppcluster.modules.base import Module, hook
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "xmppcluster"
-#: Files whose call sites are still being converted (the cluster's BOSH forwarding, by the cluster split).
-#: Remove an entry once its file uses the constants.
-PENDING = {"xmppcluster/cluster/bosh_forward.py"}
 
 
 class EventsTests(TestCase):
@@ -128,7 +125,7 @@ class EventNamesTests(TestCase):
     def test_every_event_name_in_the_package_is_a_constant(self) -> None:
         problems = []
         for path in sorted(PACKAGE.rglob("*.py")):
-            if (path.name == "events.py" and path.parent.name == "core") or str(path.relative_to(ROOT)) in PENDING:
+            if path.name == "events.py" and path.parent.name == "core":
                 continue
             tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
             for call, method in _calls(tree):

@@ -203,7 +203,7 @@ class MessageRuleTests(SynchronousTestCase):
     def check(self, r: Row) -> None:
         server = make_server()
         offline: list[domish.Element] = []
-        server.hooks.add("message/offline", lambda stanza, bare: offline.append(stanza) or True)
+        server.hooks.on("message/offline", lambda stanza, bare: offline.append(stanza) or True)
         alice = Client(server, "alice", "pc")
         alice.presence(0)
         bob = {name: Client(server, "bob", name) for name in r.resources}
@@ -246,7 +246,7 @@ class PriorityChangeTests(SynchronousTestCase):
     def test_resource_lowering_priority_stops_getting_bare_messages(self) -> None:
         server = make_server()
         offline: list[domish.Element] = []
-        server.hooks.add("message/offline", lambda stanza, bare: offline.append(stanza) or True)
+        server.hooks.on("message/offline", lambda stanza, bare: offline.append(stanza) or True)
         alice, bob = Client(server, "alice", "pc"), Client(server, "bob", "phone")
         alice.presence()
         bob.presence(1)
@@ -259,7 +259,7 @@ class PriorityChangeTests(SynchronousTestCase):
 
     def test_unavailable_resource_gets_no_bare_messages(self) -> None:
         server = make_server()
-        server.hooks.add("message/offline", lambda stanza, bare: True)
+        server.hooks.on("message/offline", lambda stanza, bare: True)
         alice, bob = Client(server, "alice", "pc"), Client(server, "bob", "phone")
         alice.presence()
         bob.presence(3)

@@ -216,7 +216,7 @@ class OfflineModuleTestsMixin:
         alice = await self.start()
         remote = RemoteResource("bob@localhost/elsewhere", "t2.example.com")
         announced = []
-        self.server.hooks.add("offline/waiting", lambda bare, node: announced.append((bare, node)) or True)
+        self.server.hooks.on("offline/waiting", lambda bare, node: announced.append((bare, node)) or True)
         self.chat(alice, "stays")  # the store is in flight...
         self.server.sessions.bind(remote)  # ...when bob comes online on t2
         await self.settle()

@@ -257,7 +257,7 @@ class PostAuthTests(TestCase):
 
     async def test_remove_account(self) -> None:
         removed = []
-        self.h.server.hooks.add("account/removed", lambda user, domain: removed.append((user, domain)))
+        self.h.server.hooks.on("account/removed", lambda user, domain: removed.append((user, domain)))
         phone = self.h.login("alice@localhost", "phone")
         laptop = self.h.login("alice@localhost", "laptop")
         reply = await self.h.iq(phone, f"<query xmlns='{REG}'><remove/></query>", type="set")

@@ -323,7 +323,7 @@ class RosterTestsMixin(IMHarness):
     async def test_roster_changed_event(self) -> None:
         await self.start()
         events = []
-        self.server.hooks.add("roster/changed", lambda owner, contact: events.append((owner, contact)))
+        self.server.hooks.on("roster/changed", lambda owner, contact: events.append((owner, contact)))
         alice = await self.login("alice@localhost")
         await alice.set_item("bob@localhost", "Bob")
         await alice.set_item("bob@localhost", "Bob")  # no change, no event
@@ -353,10 +353,10 @@ class RosterTestsMixin(IMHarness):
         self.assertFalse(await self.roster.may_see_presence("alice@localhost", "carol@localhost"))
         self.assertFalse(await self.roster.may_see_presence("alice@localhost", "dave@example.net"))
         # the synchronous hook answers from the cache of an online account
-        self.assertTrue(self.server.hooks.fire("roster/subscribed-from", "alice@localhost", "bob@localhost"))
-        self.assertFalse(self.server.hooks.fire("roster/subscribed-from", "alice@localhost", "carol@localhost"))
+        self.assertTrue(self.server.hooks.dispatch("roster/subscribed-from", "alice@localhost", "bob@localhost"))
+        self.assertFalse(self.server.hooks.dispatch("roster/subscribed-from", "alice@localhost", "carol@localhost"))
         await alice.close()
-        self.assertFalse(self.server.hooks.fire("roster/subscribed-from", "alice@localhost", "bob@localhost"))
+        self.assertFalse(self.server.hooks.dispatch("roster/subscribed-from", "alice@localhost", "bob@localhost"))
 
     async def test_store(self) -> None:
         await self.start()

@@ -344,7 +344,7 @@ class NegotiationTests(TestCase):
 
     def test_clean_close_unbinds(self) -> None:
         unbound = []
-        self.server.hooks.add("session/unbound", lambda session, reason: unbound.append(session.jid))
+        self.server.hooks.on("session/unbound", lambda session, reason: unbound.append(session.jid))
         stream, transport = self.login()
         stream.stream_ended()
         self.assertEqual(transport.closed, [None])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from xmppcluster.auth.throttle import AuthThrottle
-from xmppcluster.core.hooks import Hooks
+from xmppcluster.core.events import Events
 from xmppcluster.core.router import Router
 from xmppcluster.core.sessions import SessionRegistry
 
@@ -40,7 +40,8 @@ class XMPPServer:
         self.domains = frozenset(d.lower() for d in config.virt_hosts)
         self.node_name = config.node_name
         self.sessions = SessionRegistry()
-        self.hooks = Hooks()
+        #: The server's events (xmppcluster/core/events.py): modules and the cluster add handlers here.
+        self.hooks = Events()
         self.router = Router(self)
         self.streams: set[ClientStream] = set()
         #: The BOSH sessions of every BOSH port (streams.bosh.bosh_sessions makes them on first use).
@@ -73,7 +74,7 @@ class XMPPServer:
                     self.router.iq_handlers[(iq_type, namespace, target)] = fn
             else:
                 event, priority = spec
-                self.hooks.add(event, fn, priority)
+                self.hooks.on(event, fn, priority)
 
     def features(self) -> list[str]:
         """Disco features of the server, from the enabled modules."""
