@@ -1,4 +1,4 @@
-"""The protocol core: router, sessions, hooks, stanzas, the serializer and the one hardened parser, JIDs, TLS.
+"""The protocol core: router, sessions, events, stanzas, the serializer and the one hardened parser, JIDs, TLS.
 
 Transports (``streams/``) and features (``modules/``) import from here; nothing here imports them.
 """

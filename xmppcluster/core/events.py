@@ -269,16 +269,6 @@ class Events:
                 return result
         return None
 
-    # -- the former Hooks API, until every caller is converted -----------------------------------------
-
-    def add(self, name: str, handler: Handler, priority: int = 0) -> None:
-        """Deprecated spelling of :meth:`on`."""
-        self.on(name, handler, priority)
-
-    def fire(self, name: str, *args: Any) -> bool:
-        """Deprecated: :meth:`dispatch` as a bool."""
-        return bool(self.dispatch(name, *args))
-
 
 def table() -> str:
     """The events as a reStructuredText list table (docs/architecture.rst, section "Events")."""
