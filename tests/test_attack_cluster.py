@@ -350,23 +350,10 @@ class SecretTests(ClusterAttackCase):
         for name in (T1, T2):
             await deferToThread(self.wait_linked, name)
 
-    async def sessions_known(self, node: str, peer: str) -> int:
-        """How many of ``peer``'s sessions ``node`` knows, from its heartbeat row."""
-        from xmppcluster.cluster.membership import MembershipStore
-        from xmppcluster.storage import open_storage
-
-        storage = await open_storage(self.cluster.db_uri)
-        try:
-            rows = {row.name: row for row in await MembershipStore(storage.db).rows()}
-        finally:
-            await storage.close()
-        return rows[node].links.get(peer, 0) if node in rows else 0
-
     async def test_secret_files_link_and_command_line_secrets_warn_once(self) -> None:
         alice = await deferToThread(self.client, T1, "alice", "a")
         bob = await deferToThread(self.client, T2, "bob", "b")
-        while await self.sessions_known(T1, T2) < 1:  # barrier: t1 knows bob's session (rows every heartbeat)
-            await deferToThread(time.sleep, 0.1)
+        await deferToThread(self.cluster.wait_replicated, 1, 1)  # barrier: t1 knows bob's session
         alice.send(f"<message to='bob@{DOMAIN}/b' type='chat' id='m'><body>secret-free</body></message>")
         got = await deferToThread(bob.until, MESSAGE)
         self.assertEqual(got.find(BODY).text, "secret-free")

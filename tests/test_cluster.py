@@ -60,7 +60,7 @@ class TwoNodeTests(ClusterTestCase):
         def scenario():
             alice = self.client("t1.example.com", "alice", "a")
             bob = self.client("t2.example.com", "bob", "b")
-            time.sleep(0.5)  # directory replication
+            self.cluster.wait_replicated(1, 1)  # barrier: each directory lists the other node's session
             alice.send(f"<message to='bob@{DOMAIN}/b' type='chat'><body>to t2</body></message>")
             got = bob.until("{jabber:client}message")
             bob.send(f"<message to='alice@{DOMAIN}/a' type='chat'><body>to t1</body></message>")
@@ -82,7 +82,7 @@ class TwoNodeTests(ClusterTestCase):
             high = self.client("t2.example.com", "alice", "high", priority=5)
             negative = self.client("t1.example.com", "alice", "neg", priority=-1)
             bob = self.client("t1.example.com", "bob", "b")
-            time.sleep(0.5)
+            self.cluster.wait_replicated(3, 1)
             bob.send(f"<message to='alice@{DOMAIN}' type='chat'><body>highest wins</body></message>")
             received = high.until("{jabber:client}message")
             low.send(f"<iq type='get' id='p1' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
@@ -103,7 +103,7 @@ class TwoNodeTests(ClusterTestCase):
     def test_same_full_jid_on_two_nodes_conflicts(self) -> None:
         def scenario():
             first = self.client("t1.example.com", "carol", "same")
-            time.sleep(0.5)
+            self.cluster.wait_replicated(1, 0)  # t2 knows the first session: the second one is newer
             self.client("t2.example.com", "carol", "same")
             return first.error_condition()
 
@@ -125,9 +125,9 @@ class SharedRosterTests(ClusterTestCase):
             alice = self.client("t1.example.com", "alice", "a")
             bob = self.client("t2.example.com", "bob", "b")
             subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
-            later = presences_from(alice, f"bob@{DOMAIN}/b", 1.0)
-            seen_by_alice = [p for p in alice.__dict__.get("seen", []) + later
+            seen_by_alice = [p for p in alice.__dict__.get("seen", [])
                              if p.get("type") is None and p.get("from") == f"bob@{DOMAIN}/b"]
+            seen_by_alice = seen_by_alice or [wait_presence(alice, f"bob@{DOMAIN}/b", lambda p: p.get("type") is None)]
             views = {}
             for node in ("t1.example.com", "t2.example.com"):
                 for user, contact in (("alice", "bob"), ("bob", "alice")):
@@ -135,7 +135,10 @@ class SharedRosterTests(ClusterTestCase):
                     views[(node, user)] = roster_of(fresh).get(f"{contact}@{DOMAIN}")
                     fresh.close()
             bob.send("<presence><status>away for lunch</status></presence>")
-            update = [p for p in presences_from(alice, f"bob@{DOMAIN}/b", 1.0) if p.get("type") is None]
+            update = [wait_presence(alice, f"bob@{DOMAIN}/b",
+                                    lambda p: p.findtext("{jabber:client}status") == "away for lunch")]
+            ping(bob)  # barrier: t2 has handled the presence and routed what it caused
+            update += [p for p in presences_until_pong(alice, f"bob@{DOMAIN}/b") if p.get("type") is None]
             return seen_by_alice, views, update
 
         def check(result):
@@ -195,20 +198,34 @@ def subscribe_both(a: RawClient, a_jid: str, b: RawClient, b_jid: str) -> None:
     a.send(f"<presence to='{b_jid}' type='subscribed'/>")
 
 
-def presences_from(client: RawClient, frm: str, seconds: float) -> list:
-    """Every presence from ``frm`` arriving within ``seconds``."""
+_barriers = iter(range(1, 1_000_000))
 
+
+def ping(client: RawClient) -> None:
+    """Barrier: a ping round trip to the client's node (what it sent before is handled)."""
+    presences_until_pong(client, "")
+
+
+def presences_until_pong(client: RawClient, frm: str) -> list:
+    """Barrier: a ping round trip to the client's node; every presence from ``frm`` that arrived before the
+    answer (anything the node wrote to the client before answering)."""
+    ident = f"barrier-{next(_barriers)}"
+    client.send(f"<iq type='get' id='{ident}' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
     found = []
-    deadline = time.monotonic() + seconds
-    client.raw.settimeout(0.2)
-    while time.monotonic() < deadline:
-        try:
-            element = client.next()
-        except TimeoutError:
-            continue
+    while True:
+        element = client.next()
+        if element.tag == "{jabber:client}iq" and element.get("id") == ident:
+            return found
         if element.tag == "{jabber:client}presence" and element.get("from") == frm:
             found.append(element)
-    return found
+
+
+def wait_presence(client: RawClient, frm: str, matches) -> object:
+    """The next presence from ``frm`` that ``matches`` (others from anyone are skipped)."""
+    while True:
+        element = client.until("{jabber:client}presence")
+        if element.get("from") == frm and matches(element):
+            return element
 
 
 class NodeFailureTests(ClusterTestCase):
@@ -219,13 +236,13 @@ class NodeFailureTests(ClusterTestCase):
             alice = self.client("t1.example.com", "alice", "a")
             bob = self.client("t2.example.com", "bob", "b")
             subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
-            presences_from(alice, f"bob@{DOMAIN}/b", 1.0)  # drain what the handshake produced
+            ping(bob)  # barrier: t2 handled the handshake's last presence
             return alice
 
         def after_kill(alice):
             started = time.monotonic()
-            seen = presences_from(alice, f"bob@{DOMAIN}/b", 6.0)
-            unavailable = [p for p in seen if p.get("type") == "unavailable"]
+            unavailable = [wait_presence(alice, f"bob@{DOMAIN}/b", lambda p: p.get("type") == "unavailable")]
+            unavailable += [p for p in presences_until_pong(alice, f"bob@{DOMAIN}/b") if p.get("type") == "unavailable"]
             alice.send(f"<message to='bob@{DOMAIN}' type='chat'><body>while t2 was down</body></message>")
             return unavailable, time.monotonic() - started
 
@@ -259,13 +276,16 @@ class DirectedPresenceFailureTests(ClusterTestCase):
             alice = self.client("t1.example.com", "alice", "a")
             carol = self.client("t2.example.com", "carol", "c")
             carol.send(f"<presence to='alice@{DOMAIN}/a'><status>here</status></presence>")
-            return alice, presences_from(alice, f"carol@{DOMAIN}/c", 1.5)
+            seen = [wait_presence(alice, f"carol@{DOMAIN}/c", lambda p: True)]
+            ping(carol)
+            return alice, seen + presences_until_pong(alice, f"carol@{DOMAIN}/c")
 
         async def scenario():
             alice, seen = await deferToThread(before_kill)
             self.assertEqual([p.get("type") for p in seen], [None])
             cluster.kill("t2.example.com")
-            after = await deferToThread(presences_from, alice, f"carol@{DOMAIN}/c", 6.0)
+            after = [await deferToThread(wait_presence, alice, f"carol@{DOMAIN}/c", lambda p: True)]
+            after += await deferToThread(presences_until_pong, alice, f"carol@{DOMAIN}/c")
             self.assertEqual([p.get("type") for p in after], ["unavailable"])
 
         return ensure(scenario())
@@ -318,7 +338,7 @@ class DiscoveryTests(ClusterTestCase):
         def scenario():
             alice = self.client("t1.example.com", "alice", "a")
             bob = self.client("t2.example.com", "bob", "b")
-            time.sleep(0.5)
+            self.cluster.wait_replicated(1, 1)
             alice.send(f"<message to='bob@{DOMAIN}/b' type='chat'><body>found you</body></message>")
             return bob.until("{jabber:client}message").find(BODY).text
 
@@ -337,13 +357,10 @@ class DiscoveryTests(ClusterTestCase):
 
         async def scenario():
             config = load(self.cluster.nodes["t1.example.com"].config, {"--cluster-mode": "false"})
-            for _ in range(40):  # rows are refreshed every heartbeat
-                out = io.StringIO()
-                self.assertEqual(await status(config, out), 0)
-                lines = out.getvalue().splitlines()
-                if listed(lines):
-                    break
-                await deferToThread(time.sleep, 0.1)
+            await deferToThread(self.cluster.wait_replicated, 0, 0)  # both rows list the other node's link
+            out = io.StringIO()
+            self.assertEqual(await status(config, out), 0)
+            lines = out.getvalue().splitlines()
             self.assertTrue(listed(lines), lines)
 
         return ensure(scenario())
@@ -365,34 +382,17 @@ class PartitionTests(ClusterTestCase):
         self.addCleanup(self.proxy.cut)
         return cluster
 
-    async def directory_views(self) -> dict[str, dict]:
-        """What every node's heartbeat row says: its own sessions and how many of each peer's it knows."""
-        from xmppcluster.cluster.membership import MembershipStore
-        from xmppcluster.storage import open_storage
-
-        storage = await open_storage(self.cluster.db_uri)
-        try:
-            rows = await MembershipStore(storage.db).rows()
-        finally:
-            await storage.close()
-        return {row.name: {"own": row.sessions, "links": row.links} for row in rows}
-
-    def consistent(self, views: dict[str, dict]) -> bool:
-        names = sorted(self.cluster.nodes)
-        return all(set(views[n]["links"]) == set(names) - {n} and
-                   all(views[n]["links"][peer] == views[peer]["own"] for peer in views[n]["links"])
-                   for n in names if n in views) and len(views) == len(names)
-
     def test_cut_and_heal_converges_and_routes_around(self) -> None:
         async def scenario():
             alice = await deferToThread(self.client, "t1.example.com", "alice", "a")
             carol = await deferToThread(self.client, "t3.example.com", "carol", "c")
-            await deferToThread(time.sleep, 0.5)
+            await deferToThread(self.cluster.wait_replicated, 1, 0, 1)
             await self.proxy.cut()
             await deferToThread(wait_until, lambda: "link to t3.example.com down" in
                                 self.cluster.log("t1.example.com"), 10)
-            # While cut, t1 still knows t3 is alive (t2 reports it) and relays through t2.
-            await deferToThread(time.sleep, 2.5)  # longer than the failure timeout
+            # While cut, t1 still knows t3 is alive (t2 reports it) and relays through t2. Barrier: t1 judged
+            # its suspects after the failure timeout (1.5 s) and a heartbeat had passed since the cut.
+            await deferToThread(self.cluster.wait_swept, "t1.example.com", time.time() + 1.5 + 0.2)
             self.assertNotIn("node t3.example.com is down", self.cluster.log("t1.example.com"))
             alice.send(f"<message to='carol@{DOMAIN}/c' type='chat'><body>around the cut</body></message>")
             relayed = await deferToThread(carol.until, "{jabber:client}message")
@@ -402,13 +402,8 @@ class PartitionTests(ClusterTestCase):
             self.proxy.heal()
             await deferToThread(wait_until, lambda: self.cluster.log("t1.example.com").count(
                 "link to t3.example.com up") >= 2, 15)
-            for _ in range(60):
-                views = await self.directory_views()
-                if self.consistent(views):
-                    break
-                await deferToThread(time.sleep, 0.25)
-            self.assertTrue(self.consistent(views), views)
-            self.assertEqual(views["t1.example.com"]["links"]["t3.example.com"], 2)
+            rows = await deferToThread(self.cluster.wait_replicated, 1, 0, 2)
+            self.assertEqual(rows["t1.example.com"].links["t3.example.com"], 2)
 
         return ensure(scenario())
 
@@ -426,14 +421,17 @@ class QuickRestartTests(ClusterTestCase):
             alice = self.client("t1.example.com", "alice", "a")
             bob = self.client("t2.example.com", "bob", "b")
             subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
-            presences_from(alice, f"bob@{DOMAIN}/b", 1.0)
+            ping(bob)
             return alice
 
         def restart_and_watch(alice):
             cluster.kill("t2.example.com")
             cluster.start("t2.example.com")
             wait_until(lambda: cluster.log("t1.example.com").count("link to t2.example.com up") >= 2, 20)
-            return [p for p in presences_from(alice, f"bob@{DOMAIN}/b", 3.0) if p.get("type") == "unavailable"]
+            unavailable = [wait_presence(alice, f"bob@{DOMAIN}/b", lambda p: p.get("type") == "unavailable")]
+            cluster.wait_swept("t1.example.com", time.time())  # t1 judged its suspects since
+            return unavailable + [p for p in presences_until_pong(alice, f"bob@{DOMAIN}/b")
+                                  if p.get("type") == "unavailable"]
 
         async def scenario():
             alice = await deferToThread(before)
@@ -449,7 +447,7 @@ class CrossNodeIqAndProbeTests(ClusterTestCase):
         def scenario():
             alice = self.client("t1.example.com", "alice", "a")
             bob = self.client("t2.example.com", "bob", "b")
-            time.sleep(0.5)
+            self.cluster.wait_replicated(1, 1)
             alice.send(f"<iq type='get' id='q1' to='bob@{DOMAIN}/b'><query xmlns='jabber:iq:version'/></iq>")
             request = bob.until("{jabber:client}iq")
             bob.send(f"<iq type='result' id='{request.get('id')}' to='{request.get('from')}'>"
@@ -495,10 +493,12 @@ class CrossNodeIqAndProbeTests(ClusterTestCase):
             bob = self.client("t2.example.com", "bob", "b")
             subscribe_both(alice, f"alice@{DOMAIN}", bob, f"bob@{DOMAIN}")
             bob.send("<presence><show>dnd</show></presence>")
-            time.sleep(0.5)
+            # Barrier: alice sees the change; t2 sent its <state/> before that broadcast, on the same link.
+            wait_presence(alice, f"bob@{DOMAIN}/b", lambda p: p.findtext("{jabber:client}show") == "dnd")
             # A new resource of alice on t1: its initial presence probes bob, whose session lives on t2.
             late = self.client("t1.example.com", "alice", "late")
-            return [p for p in presences_from(late, f"bob@{DOMAIN}/b", 2.0) if p.get("type") is None]
+            seen = [wait_presence(late, f"bob@{DOMAIN}/b", lambda p: p.get("type") is None)]
+            return seen + [p for p in presences_until_pong(late, f"bob@{DOMAIN}/b") if p.get("type") is None]
 
         def check(seen):
             self.assertTrue(seen, "the new resource learns bob's presence")
@@ -515,7 +515,7 @@ class CrossNodeIqAndProbeTests(ClusterTestCase):
             jid = web.login(DOMAIN, "alice", PASSWORD, "web")
             web.send("<presence xmlns='jabber:client'/>")
             bob = self.client("t2.example.com", "bob", "b")
-            time.sleep(0.5)
+            self.cluster.wait_replicated(1, 1)
             bob.send(f"<message to='{jid}' type='chat'><body>to the browser</body></message>")
             return web.until("{jabber:client}message")
 

@@ -19,6 +19,7 @@ from tests.support.certs import make_cert
 from tests.support.databases import new_pg_schema, postgres_skip_reason
 from tests.support.process import Twistd, wait_for_port
 from tests.support.server import free_port, test_ca
+from tests.support.waiting import wait_until
 from xmppcluster.storage import open_storage
 
 DOMAIN = "example.com"
@@ -68,6 +69,49 @@ class ClusterFixture:
 
     async def add_users(self, *jids: str, password: str) -> None:
         await add_users(self.db_uri, *jids, password=password)
+
+    # -- barriers on what the nodes report (their cluster_nodes rows, written every heartbeat) -------
+
+    async def rows(self) -> dict:
+        """Every node's ``cluster_nodes`` row, by name (what ``xmppcluster cluster-status`` reads)."""
+        from xmppcluster.cluster.membership import MembershipStore
+
+        storage = await open_storage(self.db_uri)
+        try:
+            return {row.name: row for row in await MembershipStore(storage.db).rows()}
+        finally:
+            await storage.close()
+
+    def rows_from_thread(self) -> dict:
+        """:meth:`rows` from a test thread (``deferToThread``), the reactor running the query."""
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        return blockingCallFromThread(reactor, lambda: ensureDeferred(self.rows()))
+
+    def wait_replicated(self, *counts: int, timeout: float = 20.0) -> dict:
+        """Barrier, from a test thread: node i (by name) has ``counts[i]`` local sessions and every other node's
+        row says it knows that many of them. A row is written after the directory changed (each heartbeat),
+        so a session bound before the call is then in every directory."""
+        names = sorted(self.nodes)
+        expected = dict(zip(names, counts, strict=True))
+
+        def replicated() -> dict | None:
+            rows = self.rows_from_thread()
+            agree = all(name in rows and rows[name].sessions == expected[name]
+                        and all(rows[name].links.get(peer) == expected[peer] for peer in names if peer != name)
+                        for name in names)
+            return rows if agree else None
+
+        try:
+            return wait_until(replicated, timeout, interval=0.1)
+        except AssertionError:
+            raise AssertionError(f"directories did not agree on {expected}: {self.rows_from_thread()}") from None
+
+    def wait_swept(self, name: str, after: float, timeout: float = 20.0) -> None:
+        """Barrier, from a test thread: node ``name`` ran its periodic sweep (failure judgement, then its row)
+        after the wall-clock time ``after``."""
+        wait_until(lambda: name in (rows := self.rows_from_thread()) and rows[name].last_seen > after, timeout, 0.1)
 
 
 async def add_users(db_uri: str, *jids: str, password: str) -> None:
