@@ -24,6 +24,9 @@ ENABLED = "--virt-hosts=localhost:register,example.org:max-users=3:register,clos
 class Transport:
     """A stream transport that records what it is asked to send; ``next()`` waits for the next element."""
 
+    listener = None
+    pause_reading = resume_reading = redirect_to = None  # optional capabilities (StreamTransport)
+
     def __init__(self, secure: bool = True, peer: str = "192.0.2.1") -> None:
         self.peer = peer
         self.secure = secure
@@ -41,6 +44,9 @@ class Transport:
         while self._waiting and self._read < len(self.sent):
             self._read += 1
             self._waiting.pop(0).callback(self.sent[self._read - 1])
+
+    def send_serialized(self, xml: bytes) -> None:
+        self.send(parse_element(xml))
 
     def close_stream(self, error: domish.Element | None = None) -> None:
         self.closed.append(error)

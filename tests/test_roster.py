@@ -31,6 +31,8 @@ class Transport:
     peer = "192.0.2.1"
     secure = True
     can_starttls = False
+    listener = None
+    pause_reading = resume_reading = redirect_to = None  # optional capabilities (StreamTransport)
 
     def __init__(self) -> None:
         self.sent: list[domish.Element] = []
@@ -41,6 +43,9 @@ class Transport:
 
     def send(self, element):
         self.sent.append(element)
+
+    def send_serialized(self, xml: bytes) -> None:
+        self.send(parse_element(xml))
 
     def close_stream(self, error=None):
         self.closed = True

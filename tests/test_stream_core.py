@@ -39,6 +39,9 @@ class FakeCerts:
 class FakeTransport:
     """Records what the core asks of its transport."""
 
+    listener = None
+    pause_reading = resume_reading = redirect_to = None  # optional capabilities (StreamTransport)
+
     def __init__(self, *, secure: bool = False, can_starttls: bool = True) -> None:
         self.peer = "192.0.2.1"
         self.secure = secure
@@ -54,6 +57,9 @@ class FakeTransport:
 
     def send(self, element):
         self.sent.append(element)
+
+    def send_serialized(self, xml: bytes) -> None:
+        self.send(el(xml.decode()))
 
     def close_stream(self, error=None):
         self.closed.append(error)

@@ -156,6 +156,10 @@ class BoshSession:
     """A BOSH session and the sink of its client stream."""
 
     can_starttls = False
+    listener = None
+    #: Input is bounded per request (StreamTransport): nothing to pause.
+    pause_reading = None
+    resume_reading = None
 
     def __init__(self, manager: BoshSessions, sid: str, peer: str, secure: bool, rid: int, terms: Terms,
                  key: str | None, host: str | None) -> None:

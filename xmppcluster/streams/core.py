@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +33,7 @@ from xmppcluster.core.xml import StreamFault, parse_element
 from xmppcluster.streams.throttle import log_budget
 
 if TYPE_CHECKING:
+    from xmppcluster.config import Listener
     from xmppcluster.core.server import XMPPServer
 
 log = Logger()
@@ -68,6 +69,16 @@ class StreamTransport(Protocol):
     secure: bool
     #: True when this transport can upgrade itself with STARTTLS (plain TCP only).
     can_starttls: bool
+    #: The listener the client came in on (its port is named by a ``<see-other-host/>``), or None.
+    listener: Listener | None
+
+    # Optional capabilities: declared by every transport, None where it lacks them (never probed).
+    #: Stop and restart reading from the client (TCP, WebSocket); None where input is bounded per request (BOSH).
+    pause_reading: Callable[[], None] | None
+    resume_reading: Callable[[], None] | None
+    #: Send the client to another node its own way (WebSocket: see-other-uri; BOSH); None: the core closes
+    #: the stream with a ``<see-other-host/>`` naming the node.
+    redirect_to: Callable[[str], None] | None
 
     def open_stream(self, attrs: dict[str, str]) -> None:
         """Send the response stream header with these attributes (from, id, version, xml:lang)."""
@@ -78,8 +89,8 @@ class StreamTransport(Protocol):
     def close_stream(self, error: domish.Element | None = None) -> None:
         """Send ``error`` (a ``<stream:error/>``) if given, end the stream and drop the connection."""
 
-    # Optional: ``pause_reading()`` / ``resume_reading()`` stop and restart reading from the client (a
-    # transport without them, BOSH, bounds its input per request instead).
+    def send_serialized(self, xml: bytes) -> None:
+        """Send one stanza already serialized by our serializer (UTF-8, with its xmlns), as it is."""
 
     def restart_stream(self) -> None:
         """The next thing from the client is a new stream header (after STARTTLS or SASL success)."""
@@ -213,9 +224,8 @@ class ClientStream:
         if self.state == "closed" or reason in self._holds:
             return
         if not self._holds:
-            pause = getattr(self.transport, "pause_reading", None)
-            if pause is not None:
-                pause()
+            if self.transport.pause_reading is not None:
+                self.transport.pause_reading()
         self._holds.add(reason)
 
     def output_ready(self) -> Deferred:
@@ -251,9 +261,8 @@ class ClientStream:
         finally:
             self._draining = False
         if not self._holds and self.state != "closed":
-            resume = getattr(self.transport, "resume_reading", None)
-            if resume is not None:
-                resume()
+            if self.transport.resume_reading is not None:
+                self.transport.resume_reading()
 
     def request_started(self) -> None:
         """The router began answering an IQ request of this client asynchronously."""
@@ -292,14 +301,10 @@ class ClientStream:
             router.undeliverable(element, bare)
 
     def send_serialized(self, xml: bytes) -> None:
-        """Send a stanza given as UTF-8 XML; transports that can write it as it is do (no re-serializing)."""
+        """Send a stanza given as UTF-8 XML (by our serializer), as it is: no re-serializing."""
         if self.state == "closed":
             return
-        writer = getattr(self.transport, "send_serialized", None)
-        if writer is not None:
-            writer(xml)
-        else:
-            self.transport.send(parse_element(xml, max_bytes=len(xml) + 1))
+        self.transport.send_serialized(xml)
 
     def fail(self, condition: str, text: str | None = None) -> None:
         """End the stream with a stream error (RFC 6120 §4.9)."""
@@ -322,14 +327,13 @@ class ClientStream:
         """
         if self.state == "closed":
             return
-        own = getattr(self.transport, "redirect_to", None)
-        if own is not None:
-            own(node)
+        if self.transport.redirect_to is not None:
+            self.transport.redirect_to(node)
             if self.state != "closed":
                 self._finish(f"redirected to {node}")
             return
-        listener = getattr(self.transport, "listener", None)
-        port = getattr(listener, "port", 5222)
+        listener = self.transport.listener
+        port = listener.port if listener is not None else 5222
         error = domish.Element((ns.STREAMS, "error"))
         error.addElement((ns.STREAM_ERRORS, "see-other-host"), content=node if port == 5222 else f"{node}:{port}")
         if self.state == "header":

@@ -51,6 +51,8 @@ class ClientConnection(Protocol):
     """A TCP (or direct-TLS) client connection: the :class:`StreamTransport` for TCP."""
 
     can_starttls = True
+    #: No redirect of its own: the core sends ``<see-other-host/>`` (StreamTransport).
+    redirect_to = None
 
     def __init__(self, server: XMPPServer, listener: Listener) -> None:
         self.server = server
