@@ -246,6 +246,26 @@ class ParserTests(TestCase):
                      f"<vCard xmlns='vcard-temp'><FN>{'x' * 5000}</FN></vCard></user></host></server-data>",
                      "exceeds 1000 bytes")
 
+    def test_users_stream_one_at_a_time(self) -> None:
+        """A <host/> is a container, never built: users arrive while the file is still being read, and a host
+        far larger than the per-user cap imports (each user is under it)."""
+        self.patch(provision.reader, "MAX_USER_BYTES", 4096)
+        users = "".join(f"<user name='u{n}' password='{'p' * 100}'/>" for n in range(3000))
+        path = write(self, "big.xml", f"<server-data xmlns='urn:xmpp:pie:0'><host jid='x'>{users}</host>"
+                                      "</server-data>")
+        read: list[int] = []
+        stream = provision.iter_users(path, progress=read.append)
+        self.assertEqual(next(stream)[1]["name"], "u0")
+        self.assertLess(read[-1], path.stat().st_size)  # the first user came before the end of the file
+        self.assertEqual(sum(1 for _ in stream), 2999)
+
+    def test_comments_and_processing_instructions_skipped(self) -> None:
+        path = write(self, "c.xml", "<?xml version='1.0'?><!-- exported --><server-data xmlns='urn:xmpp:pie:0'>"
+                                    "<?pi x?><host jid='x'><user name='a'><!-- note --><?pi y?>"
+                                    "<vCard xmlns='vcard-temp'><FN>A</FN></vCard></user></host></server-data>")
+        [(host, user)] = list(provision.iter_users(path))
+        self.assertEqual((host, user["name"], [c.name for c in user.elements()]), ("x", "a", ["vCard"]))
+
     def test_xinclude_layout(self) -> None:
         main = write(self, "main.xml", "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'>"
                                        "<xi:include href='capulet.com.xml'/></server-data>")

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from twisted.words.xish.domish import Element
 
-__all__ = ["StreamFault", "StreamHandler", "StreamParser", "namespace_allowed", "parse_element"]
+__all__ = ["Containers", "StreamFault", "StreamHandler", "StreamParser", "namespace_allowed", "parse_element"]
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 
@@ -90,6 +90,18 @@ class StreamHandler(Protocol):
     def stream_ended(self) -> None: ...
 
 
+class Containers(Protocol):
+    """Elements a stream descends into instead of taking them as stanzas (a file's ``<host/>`` of users).
+
+    ``enter(element)`` gets each stanza-level start tag (attributes, no children): True makes it a container,
+    whose children are stanzas in turn; ``leave(element)`` gets its end tag. Containers are never built.
+    """
+
+    def enter(self, element: Element) -> bool: ...
+
+    def leave(self, element: Element) -> None: ...
+
+
 class _Reset(Exception):
     """Raised inside a dead builder's callbacks to abandon the rest of its input."""
 
@@ -132,13 +144,17 @@ class _Builder:
     parent links, every stanza waited for a collection, and the collections were the latency tail).
     """
 
-    def __init__(self, handler: StreamHandler | None, max_bytes: int, max_elements: int, max_depth: int) -> None:
+    def __init__(self, handler: StreamHandler | None, max_bytes: int, max_elements: int, max_depth: int,
+                 containers: Containers | None = None, skip_comments: bool = False) -> None:
         self.max_bytes = max_bytes
         self.max_elements = max_elements
         self.max_depth = max_depth
         self.dead = False  # set by StreamParser.reset(): abandon whatever is still being parsed
         self.result: Element | None = None
         self.fed = 0  # bytes handed to expat so far
+        self.error_at: tuple[int, int] | None = None  # (line, column) of expat's error
+        self._containers = containers
+        self._entered: list[Element] = []  # open containers, outermost first
         self._handler = handler
         self._level = 0  # 0: outside any stanza, 1: inside the stanza element, ...
         self._count = 0
@@ -172,8 +188,9 @@ class _Builder:
         p.AttlistDeclHandler = self._on_dtd
         p.ExternalEntityRefHandler = self._on_entity
         p.SkippedEntityHandler = self._on_entity
-        p.CommentHandler = self._on_comment
-        p.ProcessingInstructionHandler = self._on_pi
+        if not skip_comments:  # else expat drops them
+            p.CommentHandler = self._on_comment
+            p.ProcessingInstructionHandler = self._on_pi
 
     # -- feeding -----------------------------------------------------------------------------------------
 
@@ -183,6 +200,7 @@ class _Builder:
         try:
             p.Parse(data, final)
         except pyexpat.ExpatError as e:
+            self.error_at = (e.lineno, e.offset)
             if e.code == _UNDEFINED_ENTITY:
                 raise StreamFault("restricted-xml", "entity references are not allowed") from None
             raise StreamFault("not-well-formed", pyexpat.errors.messages[e.code]) from None
@@ -219,6 +237,8 @@ class _Builder:
     def _on_start(self, name: str, attrs: dict) -> None:
         level = self._level + 1
         if level == 1:
+            if self._containers is not None and self._enter(name, attrs):
+                return
             self._stanza_start = self.parser.CurrentByteIndex
             self._count = 1
         else:
@@ -237,8 +257,19 @@ class _Builder:
         self._current = element
         self._level = level
 
+    def _enter(self, name: str, attrs: dict) -> bool:
+        element = new_child(None, name, attrs, self._ns_stack[-1], self._prefixes, [])
+        if not self._containers.enter(element):
+            return False
+        self._prefixes = None
+        self._entered.append(element)
+        return True
+
     def _on_end(self, name: str) -> None:
         element = self._current
+        if element is None and self._entered:  # a container's end tag
+            self._containers.leave(self._entered.pop())
+            return
         if element is None:  # the stream header's end tag
             self._handler.stream_ended()
             if self.dead:
@@ -317,6 +348,10 @@ class StreamParser:
     :meth:`feed` raises :class:`StreamFault`; after a fault the parser is dead and every later feed raises
     the same condition until :meth:`reset`. An exception raised by the handler propagates out of
     :meth:`feed` and also kills the parser (expat cannot continue after it).
+
+    For files rather than streams (XEP-0227 import): ``containers`` (:class:`Containers`) makes chosen
+    stanza-level elements containers whose children are the stanzas, so a document of many users is read one
+    user at a time; ``skip_comments`` drops comments and processing instructions instead of refusing them.
     """
 
     def __init__(
@@ -326,16 +361,30 @@ class StreamParser:
         max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES,
         max_elements: int = DEFAULT_MAX_ELEMENTS,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        containers: Containers | None = None,
+        skip_comments: bool = False,
     ) -> None:
         self.handler = handler
         self.max_stanza_bytes = max_stanza_bytes
         self.max_elements = max_elements
         self.max_depth = max_depth
+        self.containers = containers
+        self.skip_comments = skip_comments
         self._fault: StreamFault | None = None
         self._builder = self._new_builder()
 
     def _new_builder(self) -> _Builder:
-        return _Builder(self.handler, self.max_stanza_bytes, self.max_elements, self.max_depth)
+        return _Builder(self.handler, self.max_stanza_bytes, self.max_elements, self.max_depth, self.containers,
+                        self.skip_comments)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(line, column)`` reached in the input (of the error after a not-well-formed fault): for
+        messages about files; a stream never needs it."""
+        builder = self._builder
+        if builder.error_at is not None:
+            return builder.error_at
+        return builder.parser.CurrentLineNumber, builder.parser.CurrentColumnNumber
 
     def feed(self, data: bytes) -> None:
         """Parse the next bytes of the stream, calling the handler for whatever they complete."""
@@ -381,6 +430,7 @@ def parse_element(
     max_bytes: int = DEFAULT_MAX_STANZA_BYTES,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    skip_comments: bool = False,
 ) -> Element:
     """Parse exactly one complete element (a WebSocket message, a BOSH ``<body/>``) under the same rules.
 
@@ -395,7 +445,7 @@ def parse_element(
             raise StreamFault("not-well-formed", "invalid character") from None
     if len(data) > max_bytes:
         raise StreamFault("policy-violation", f"element exceeds the {max_bytes}-byte limit")
-    builder = _Builder(None, max_bytes, max_elements, max_depth)
+    builder = _Builder(None, max_bytes, max_elements, max_depth, skip_comments=skip_comments)
     builder.parse(data, True)
     if builder.result is None:  # pragma: no cover - expat reports "no element found" first
         raise StreamFault("not-well-formed", "no element")

@@ -1,17 +1,22 @@
-"""Reading XEP-0227 files: ``(host, <user/> element)`` pairs, one user in memory at a time, XIncludes followed."""
+"""Reading XEP-0227 files: ``(host, <user/> element)`` pairs, one user in memory at a time, XIncludes followed.
+
+The server's one hardened parser (:class:`xmppcluster.core.xml.StreamParser`) reads the file as a stream:
+``<server-data/>`` or ``<host/>`` is the stream header, a ``<host/>`` inside ``<server-data/>`` is a container
+(:class:`~xmppcluster.core.xml.Containers`), and each ``<user/>`` is a stanza, built alone under the caps
+below. A file whose document element is a ``<user/>`` (an XInclude'd per-user file) is that one stanza.
+Comments and processing instructions are skipped; a DOCTYPE, DTD or entity reference is refused.
+"""
 
 from __future__ import annotations
 
 import os
-import pyexpat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.words.xish.domish import Element
 
-from xmppcluster.core.xml import new_child, qualify
+from xmppcluster.core.xml import StreamFault, StreamParser, parse_element
 from xmppcluster.ops.provision.model import NS_PIE, NS_XINCLUDE, ProvisionError
 
 __all__ = ["MAX_DEPTH", "MAX_INCLUDE_DEPTH", "MAX_USER_BYTES", "MAX_USER_ELEMENTS", "iter_users"]
@@ -25,172 +30,128 @@ MAX_INCLUDE_DEPTH = 4
 
 _READ = 256 * 1024
 
-_UNDEFINED_ENTITY = pyexpat.errors.codes[pyexpat.errors.XML_ERROR_UNDEFINED_ENTITY]
+#: The parser's restricted-XML refusals, worded for a file.
+_REFUSED = {
+    "DOCTYPE is not allowed": "a DOCTYPE not allowed in an import file",
+    "DTD declarations are not allowed": "DTD declarations not allowed in an import file",
+}
+
+
+class _WholeUser(Exception):
+    """The document element is a ``<user/>``: the file is one stanza (read by :func:`_read_user`)."""
 
 
 class _Reader:
-    """expat callbacks for one file: yields ``("user", host, element)`` and ``("include", ...)`` events.
-
-    The document element may be ``<server-data/>``, ``<host/>`` or ``<user/>`` (XInclude'd files); each
-    ``<user/>`` subtree is built as a domish Element, everything else is walked without being kept.
-    """
+    """The parser's handler and container policy for one file: collects ``("user", host, element)`` and
+    ``("include", href, expect, host)`` events as the file is fed."""
 
     def __init__(self, path: Path, expect: str, host: str | None, warn: Callable[[str], None]) -> None:
         self.path = path
         self.expect = expect  # what the document element may be
         self.events: list[tuple] = []
+        self.ended = False
         self._warn = warn
-        self._stack: list[tuple[str, str | None]] = []  # (kind, host) of the open non-user elements
-        self._host = host
-        self._user: Element | None = None
-        self._current: Element | None = None
-        # Open elements of the user being built: no parent pointers, so finished trees hold no reference
-        # cycles and are freed at once (cyclic GC over 100k users' trees would cost more than the parsing).
-        self._open: list[Element] = []
-        self._level = 0  # depth inside the <user/> being built
-        self._count = 0
-        self._start = 0
-        self._text: list[str] = []
-        self._ns: list[str] = [""]
-        self._prefixes: dict[str, str] | None = None
-        p = self.parser = pyexpat.ParserCreate("UTF-8", " ")
-        p.buffer_text = True
-        p.buffer_size = 65536
-        p.StartElementHandler = self._on_start
-        p.EndElementHandler = self._on_end
-        p.CharacterDataHandler = self._on_text
-        p.StartNamespaceDeclHandler = self._on_ns_start
-        p.EndNamespaceDeclHandler = self._on_ns_end
-        p.XmlDeclHandler = self._on_xml_decl
-        p.StartDoctypeDeclHandler = self._refuse("a DOCTYPE")
-        for name in ("EntityDeclHandler", "UnparsedEntityDeclHandler", "NotationDeclHandler",
-                     "ElementDeclHandler", "AttlistDeclHandler"):
-            setattr(p, name, self._refuse("DTD declarations"))
-        p.ExternalEntityRefHandler = self._refuse("entity references")
-        p.SkippedEntityHandler = self._refuse("entity references")
-        p.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
+        self._host = host  # the including <host/>'s JID, for a file XInclude'd inside one
+        self.root: str | None = None  # "server-data" or "host", once the document element is read
+        self._hosts: list[str] = []  # the open <host/> container (inside <server-data/>)
+        self.parser = StreamParser(self, max_stanza_bytes=MAX_USER_BYTES, max_elements=MAX_USER_ELEMENTS,
+                                   max_depth=MAX_DEPTH, containers=self, skip_comments=True)
 
-    def feed(self, data: bytes, final: bool = False) -> None:
+    def feed(self, data: bytes) -> None:
         try:
-            self.parser.Parse(data, final)
-        except pyexpat.ExpatError as e:
-            where = f"{self.path}:{e.lineno}:{e.offset}"
-            if e.code == _UNDEFINED_ENTITY:
-                raise ProvisionError(f"{where}: refused: entity references are not allowed") from None
-            raise ProvisionError(f"{where}: not well-formed XML: {pyexpat.errors.messages[e.code]}") from None
+            self.parser.feed(data)
+        except StreamFault as fault:
+            raise _fault_error(self.path, self.parser.position, fault) from None
 
     def _where(self) -> str:
-        return f"{self.path}:{self.parser.CurrentLineNumber}"
+        return f"{self.path}:{self.parser.position[0]}"
 
-    def _refuse(self, what: str) -> Callable[..., Any]:
-        def refuse(*args: object) -> None:
-            raise ProvisionError(f"{self._where()}: refused: {what} not allowed in an import file")
+    # -- StreamHandler ---------------------------------------------------------------------------------
 
-        return refuse
+    def stream_started(self, root: Element) -> None:
+        if root.uri != NS_PIE or root.name not in self.expect.split("|"):
+            raise ProvisionError(f"{self._where()}: expected <{self.expect}/> in {NS_PIE}, found <{root.name}/>")
+        if root.name == "user":
+            raise _WholeUser()
+        if root.name == "host":
+            self._host = _host_jid(root, self._where)
+        self.root = root.name
 
-    def _on_xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
-        if encoding is not None and encoding.lower() not in ("utf-8", "utf8"):
-            raise ProvisionError(f"{self.path}: only UTF-8 is supported, not {encoding}")
-
-    def _on_ns_start(self, prefix: str | None, uri: str | None) -> None:
-        if prefix is None:
-            self._ns.append(uri or "")
+    def element_received(self, element: Element) -> None:
+        inside = "host" if self.root == "host" or self._hosts else "server-data"
+        host = self._hosts[-1] if self._hosts else self._host
+        if element.uri == NS_XINCLUDE and element.name == "include":
+            self._include(element, "host|server-data" if inside == "server-data" else "user", host)
+        elif inside == "host" and element.uri == NS_PIE and element.name == "user":
+            self.events.append(("user", host, element))
         else:
-            if self._prefixes is None:
-                self._prefixes = {}
-            self._prefixes[prefix] = uri or ""
+            self._warn(f"ignored <{element.name} xmlns='{element.uri}'/> inside <{inside}/>")
 
-    def _on_ns_end(self, prefix: str | None) -> None:
-        if prefix is None:
-            self._ns.pop()
+    def stream_ended(self) -> None:
+        self.ended = True
 
-    def _on_start(self, name: str, attrs: dict) -> None:
-        if self._user is not None:
-            self._child(name, attrs)
-            return
-        uri, _, local = name.rpartition(" ")
-        prefixes, self._prefixes = self._prefixes, None
-        kind = self._stack[-1][0] if self._stack else None
-        host = self._stack[-1][1] if self._stack else self._host
-        if kind == "skip":
-            self._stack.append(("skip", host))
-        elif kind is None and uri == NS_PIE and local in self.expect.split("|"):
-            self._container(local, attrs, host, prefixes)
-        elif kind is None:
-            raise ProvisionError(f"{self._where()}: expected <{self.expect}/> in {NS_PIE}, found <{local}/>")
-        elif uri == NS_XINCLUDE and local == "include":
-            self._include(attrs, "host|server-data" if kind == "server-data" else "user", host)
-            self._stack.append(("skip", host))
-        elif kind == "server-data" and uri == NS_PIE and local == "host":
-            self._container(local, attrs, host, prefixes)
-        elif kind == "host" and uri == NS_PIE and local == "user":
-            self._container(local, attrs, host, prefixes)
-        else:
-            self._warn(f"ignored <{local} xmlns='{uri}'/> inside <{kind}/>")
-            self._stack.append(("skip", host))
+    # -- Containers: a <host/> inside <server-data/> -----------------------------------------------------
 
-    def _container(self, local: str, attrs: dict, host: str | None, prefixes: dict | None) -> None:
-        if local == "host":
-            jid = attrs.get("jid")
-            if not jid:
-                raise ProvisionError(f"{self._where()}: <host/> without a 'jid' attribute")
-            self._stack.append(("host", jid))
-        elif local == "user":
-            if host is None:
-                raise ProvisionError(f"{self._where()}: <user/> outside any <host/>")
-            self._user = self._current = Element((NS_PIE, "user"), self._ns[-1], qualify(attrs), prefixes)
-            self._open = [self._user]
-            self._level, self._count, self._start = 1, 1, self.parser.CurrentByteIndex
-            self._stack.append(("user", host))
-        else:
-            self._stack.append((local, host))
+    def enter(self, element: Element) -> bool:
+        if self.root != "server-data" or self._hosts or element.uri != NS_PIE or element.name != "host":
+            return False
+        self._hosts.append(_host_jid(element, self._where))
+        return True
 
-    def _include(self, attrs: dict, expect: str, host: str | None) -> None:
-        href = attrs.get("href")
-        if not href or attrs.get("xpointer") is not None or attrs.get("parse", "xml") != "xml":
+    def leave(self, element: Element) -> None:
+        self._hosts.pop()
+
+    def _include(self, element: Element, expect: str, host: str | None) -> None:
+        href = element.getAttribute("href")
+        plain = element.getAttribute("xpointer") is None and element.attributes.get("parse", "xml") == "xml"
+        if not href or not plain:
             self._warn(f"{self._where()}: ignored an <xi:include/> that is not a plain href include")
             return
         self.events.append(("include", href, expect, host))
 
-    def _child(self, name: str, attrs: dict) -> None:
-        level = self._level + 1
-        count = self._count = self._count + 1
-        if count > MAX_USER_ELEMENTS or level > MAX_DEPTH:
-            raise ProvisionError(f"{self._where()}: <user/> exceeds {MAX_USER_ELEMENTS} elements or depth {MAX_DEPTH}")
-        if not count & 1023:
-            self._check_size()
-        element = new_child(self._current, name, attrs, self._ns[-1], self._prefixes, self._text)
-        self._prefixes = None
-        self._open.append(element)
-        self._current = element
-        self._level = level
 
-    def _check_size(self) -> None:
-        if self.parser.CurrentByteIndex - self._start > MAX_USER_BYTES:
-            raise ProvisionError(f"{self._where()}: <user/> exceeds {MAX_USER_BYTES} bytes")
+def _host_jid(element: Element, where: Callable[[], str]) -> str:
+    jid = element.getAttribute("jid")
+    if not jid:
+        raise ProvisionError(f"{where()}: <host/> without a 'jid' attribute")
+    return jid
 
-    def _on_end(self, name: str) -> None:
-        if self._user is None:
-            self._stack.pop()
-            return
-        element = self._current
-        if self._text:
-            element.children.append("".join(self._text))
-            self._text.clear()
-        self._level -= 1
-        self._open.pop()
-        if self._level:
-            self._current = self._open[-1]
-            return
-        self._check_size()
-        self.events.append(("user", self._stack.pop()[1], element))
-        self._user = self._current = None
 
-    def _on_text(self, data: str) -> None:
-        if self._user is not None:
-            self._text.append(data)
-            if len(data) > 4096:
-                self._check_size()
+def _fault_error(path: Path, position: tuple[int, int] | None, fault: StreamFault) -> ProvisionError:
+    """The parser's fault as one line for the operator (file:line, what was wrong)."""
+    where = f"{path}:{position[0]}" if position else str(path)
+    text = fault.text or fault.condition
+    if fault.condition == "not-well-formed":
+        at = f"{where}:{position[1]}" if position else where
+        return ProvisionError(f"{at}: not well-formed XML: {text}")
+    if fault.condition == "bad-format":
+        return ProvisionError(f"{where}: not well-formed XML: {text}")
+    if fault.condition == "unsupported-encoding":
+        return ProvisionError(f"{path}: only UTF-8 is supported")
+    if fault.condition == "policy-violation":
+        if "byte" in text:
+            return ProvisionError(f"{where}: <user/> exceeds {MAX_USER_BYTES} bytes")
+        return ProvisionError(f"{where}: <user/> exceeds {MAX_USER_ELEMENTS} elements or depth {MAX_DEPTH}")
+    return ProvisionError(f"{where}: refused: {_REFUSED.get(text, text)}")
+
+
+def _read_user(path: Path, host: str | None) -> tuple[str, Element]:
+    """A file that is one ``<user/>``: read whole (at most :data:`MAX_USER_BYTES`) and parsed as one element."""
+    if host is None:
+        raise ProvisionError(f"{path}:1: <user/> outside any <host/>")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_USER_BYTES + 1)
+    except OSError as e:
+        raise ProvisionError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_USER_BYTES:
+        raise ProvisionError(f"{path}: <user/> exceeds {MAX_USER_BYTES} bytes")
+    try:
+        user = parse_element(data, max_bytes=MAX_USER_BYTES, max_elements=MAX_USER_ELEMENTS, max_depth=MAX_DEPTH,
+                             skip_comments=True)
+    except StreamFault as fault:
+        raise _fault_error(path, None, fault) from None
+    return host, user
 
 
 def iter_users(path: str | os.PathLike, *, warn: Callable[[str], None] | None = None,
@@ -216,7 +177,11 @@ def _iter_file(path: Path, root: Path, expect: str, host: str | None, depth: int
         done = 0
         while True:
             chunk = f.read(_READ)
-            reader.feed(chunk, final=not chunk)
+            try:
+                reader.feed(chunk)
+            except _WholeUser:
+                yield _read_user(path, host)
+                return
             done += len(chunk)
             if progress is not None:
                 progress(done)
@@ -232,6 +197,9 @@ def _iter_file(path: Path, root: Path, expect: str, host: str | None, depth: int
                     yield from _iter_file(target, root, expect_inner, inner_host, depth + 1, warn, None)
             if not chunk:
                 break
+    if not reader.ended:
+        line, column = reader.parser.position
+        raise ProvisionError(f"{path}:{line}:{column}: not well-formed XML: no element found")  # expat's words
 
 
 def _resolve(including: Path, root: Path, href: str) -> Path:
