@@ -521,6 +521,15 @@ class SectionTests(unittest.TestCase):
         self.assertEqual(cfg.websocket.ping_interval, 5.0)
         self.assertEqual(cfg.cluster.drain_timeout, 2.5)
 
+    def test_vhost_sections(self):
+        cfg = parse("--virt-hosts=example.com:register:max-users=1000:-tls-required,guests.example.com:anon\n"
+                    "--vhost-tls-required=true\n")
+        self.assertEqual(cfg.vhost("Example.COM"), config.VhostSettings(register=True, max_users=1000,
+                                                                       tls_required=False))
+        self.assertEqual(cfg.vhost("guests.example.com"), config.VhostSettings(anonymous=True))
+        self.assertEqual(cfg.vhost("elsewhere.example"), config.VhostSettings())  # the global defaults
+        self.assertEqual(parse("--vhost-register-enabled=true").vhost("localhost").register, True)
+
     def test_sections_are_frozen(self):
         cfg = parse("")
         for name in self.SECTIONS:

@@ -31,6 +31,7 @@ from xmppcluster.config.sections import (
     Limits,
     PeerSettings,
     Quotas,
+    VhostSettings,
     WebSocketSettings,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "PeerSettings",
     "Quotas",
     "Setting",
+    "VhostSettings",
     "WebSocketSettings",
     "check_config_main",
     "load",

@@ -46,6 +46,7 @@ from xmppcluster.config.sections import (
     Limits,
     PeerSettings,
     Quotas,
+    VhostSettings,
     WebSocketSettings,
 )
 
@@ -116,6 +117,7 @@ class Config:
     bosh: BoshSettings = field(init=False, repr=False, compare=False)
     websocket: WebSocketSettings = field(init=False, repr=False, compare=False)
     cluster: ClusterSettings = field(init=False, repr=False, compare=False)
+    _vhosts: dict[str, VhostSettings] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self._listeners is None:
@@ -128,6 +130,12 @@ class Config:
         self.bosh = BoshSettings.from_values(get)
         self.websocket = WebSocketSettings.from_values(get)
         self.cluster = ClusterSettings.from_values(get)
+        self._vhosts = {domain: VhostSettings.from_options(lambda name, d=domain: self.vhost_option(d, name))
+                        for domain in [*self.virt_hosts, ""]}  # "": a domain not hosted gets the global defaults
+
+    def vhost(self, domain: str) -> VhostSettings:
+        """The options of virtual host ``domain`` (the global defaults for a domain not listed)."""
+        return self._vhosts.get(domain.lower()) or self._vhosts[""]
 
     def notices(self) -> list[str]:
         """What an operator is told at start and by check-config: the warnings, then reserved settings set."""

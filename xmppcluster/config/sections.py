@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["AuthSettings", "BoshSettings", "ClusterSettings", "Limits", "PeerSettings", "Quotas",
-           "WebSocketSettings"]
+           "VhostSettings", "WebSocketSettings"]
 
 #: ``get(component, key)``: the typed value of a registered setting (the default when unset).
 Getter = Callable[[str, str], Any]
@@ -164,3 +164,19 @@ class ClusterSettings:
                    failure_timeout=float(get("cl-comp", "failure-timeout")),
                    drain_timeout=float(get("cl-comp", "drain-timeout")),
                    handshake_timeout=float(get("cl-comp", "handshake-timeout")))
+
+
+@dataclass(frozen=True)
+class VhostSettings:
+    """One virtual host's options (``--virt-hosts=example.com:register:max-users=1000``), globals as defaults."""
+
+    anonymous: bool = False
+    register: bool = False
+    max_users: int = 0  # 0 = unlimited
+    tls_required: bool = True
+
+    @classmethod
+    def from_options(cls, option: Callable[[str], Any]) -> VhostSettings:
+        """From ``option(name)``: the vhost's own value of ``anon``, ``register``... or its global default."""
+        return cls(anonymous=bool(option("anon")), register=bool(option("register")),
+                   max_users=int(option("max-users") or 0), tls_required=bool(option("tls-required")))

@@ -79,7 +79,7 @@ class Registration(Module):
     def serves(self, domain: str | None) -> bool:
         """In-band registration is on for ``domain`` (vhost option ``register``)."""
         return (domain is not None and domain in self.domains
-                and bool(self.config.vhost_option(domain, "register")))
+                and self.config.vhost(domain).register)
 
     def stream_features(self, stream: Any, stage: str) -> list[domish.Element]:
         if stage == "pre-auth" and _encrypted(stream) and self.serves(stream.domain):
@@ -136,7 +136,7 @@ class Registration(Module):
         if stream in self._registered:
             raise StanzaError("not-acceptable", "one registration per connection")
         domain = stream.domain
-        limit = int(self.config.vhost_option(domain, "max-users") or 0)
+        limit = self.config.vhost(domain).max_users
         if limit and await self.server.storage.accounts.count(domain) >= limit:
             raise StanzaError("not-allowed", "this server accepts no more accounts")
         stamp = self._reserve(peer_key(stream.transport.peer))

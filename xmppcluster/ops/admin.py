@@ -69,7 +69,7 @@ async def _adduser(args: argparse.Namespace, config: Any, stdin: IO[str], stdout
     try:
         if await storage.accounts.exists(user, domain):
             raise AccountExists(f"{user}@{domain} already exists")
-        limit = int(config.vhost_option(domain, "max-users") or 0)
+        limit = config.vhost(domain).max_users
         if limit and await storage.accounts.count(domain) >= limit:
             raise AdminError(f"{domain} already has its maximum of {limit} accounts (vhost option max-users)")
         await storage.accounts.create(user, domain, read_password(args, stdin))

@@ -407,12 +407,12 @@ class ClientStream:
                 channel=self.transport.channel_info(),
                 peer=self.transport.peer,
                 throttle=self.server.throttle,
-                allow_anonymous=bool(self.server.config.vhost_option(self.domain, "anon")),
+                allow_anonymous=self.server.config.vhost(self.domain).anonymous,
                 clock=self.clock,
                 run_blocking=_run_blocking(self.clock),
                 iterations=self.server.config.auth.scram_iterations,
                 secret=self.server.sasl_secret,
-                require_encryption=bool(self.server.config.vhost_option(self.domain, "tls-required")),
+                require_encryption=self.server.config.vhost(self.domain).tls_required,
                 log_allowed=log_budget(self.server).allow,
             )
         return self._sasl
