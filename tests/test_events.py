@@ -122,6 +122,21 @@ def _constant(node: ast.expr) -> events.Event | None:
     return value if isinstance(value, events.Event) else None
 
 
+def _events_named(node: ast.expr) -> list[events.Event]:
+    """The events an argument may be: a constant, or any value of a table of them (``TO_FULL[name]``)."""
+    if isinstance(node, ast.Subscript):
+        table = _constant_table(node.value)
+        return list(table.values()) if table else []
+    event = _constant(node)
+    return [event] if event is not None else []
+
+
+def _constant_table(node: ast.expr) -> dict | None:
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+    value = getattr(events, name, None) if name else None
+    return value if isinstance(value, dict) and value is not events.EVENTS else None
+
+
 class EventNamesTests(TestCase):
     def test_every_event_name_in_the_package_is_a_constant(self) -> None:
         problems = []
@@ -140,6 +155,24 @@ class EventNamesTests(TestCase):
                 if event is not None and method in (NOTIFY, DISPATCH) and event.op != method:
                     problems.append(f"{where}: {method}({event}) but the event is {event.op}ed")
         self.assertEqual(problems, [])
+
+    def test_the_table_names_everyone_who_fires_or_handles_an_event(self) -> None:
+        fired: dict[str, set[str]] = {name: set() for name in events.EVENTS}
+        handled: dict[str, set[str]] = {name: set() for name in events.EVENTS}
+        for path in sorted(PACKAGE.rglob("*.py")):
+            relative = path.relative_to(PACKAGE).as_posix()
+            label = ("cluster" if relative.startswith("cluster/") else
+                     path.stem if relative.startswith("modules/") else relative)
+            for call, method in _calls(ast.parse(path.read_text(encoding="utf-8"))):
+                for event in _events_named(call.args[0]):
+                    (handled if method in ("on", "add") else fired)[event].add(label)
+        for name, event in events.EVENTS.items():
+            for label in fired[name]:
+                self.assertIn(label, event.fired_by, f"{name} is fired by {label}")
+            for label in handled[name]:
+                self.assertIn(label, event.handled_by, f"{name} is handled by {label}")
+            if not handled[name]:
+                self.assertEqual(event.handled_by, "(none yet)", f"{name} has no handler")
 
     def test_the_scan_catches_literals_and_built_names(self) -> None:
         source = ('hooks.notify("presence/broadcast", s)\nself.server.hooks.dispatch(f"remote/{x}", e)\n'
