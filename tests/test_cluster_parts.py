@@ -18,6 +18,7 @@ from tests.test_message_rules import Client, make_server
 from xmppcluster.cluster.dialer import MAX_BACKOFF, MIN_BACKOFF, Dialer
 from xmppcluster.cluster.failure import FailureDetector
 from xmppcluster.cluster.link import Link
+from xmppcluster.cluster.membership import Membership, NodeRow
 from xmppcluster.cluster.node import Cluster
 from xmppcluster.core import events as ev
 
@@ -58,7 +59,7 @@ class Net:
             cluster = Cluster(server, reactor=self.clock)
             server.cluster = cluster
             cluster.subscribe()
-            cluster.store = NoStore()
+            cluster.membership.store = NoStore()
             cluster.dialer._connect = lambda peer, name=name: self._dialed(name, peer)
             server.hooks.on(ev.CLUSTER_NODE_DOWN, lambda peer, name=name: self.down.append((name, peer)))
             self.nodes[name] = cluster
@@ -357,3 +358,50 @@ class ConflictTests(TestCase):
         self.assertEqual(older.stream.state, "closed")
         self.assertNotEqual(newer.stream.state, "closed")
         self.assertIsNone(net.nodes[T1].server.sessions.get("bob@localhost", "phone").node)
+
+
+class FakeStore:
+    """The cluster_nodes table in memory: rows written by heartbeat, read by live."""
+
+    def __init__(self, *rows: NodeRow) -> None:
+        self.rows = {row.name: row for row in rows}
+
+    async def heartbeat(self, name: str, *, address, port, secret, started_at, sessions, links) -> None:
+        self.rows[name] = NodeRow(name, address, port, secret, started_at, 0.0, sessions, links)
+
+    async def live(self, max_age: float) -> list[NodeRow]:
+        return list(self.rows.values())
+
+
+class MembershipTests(TestCase):
+    def membership(self, config: str, report=lambda: (2, {T2: 3})) -> Membership:
+        server = make_server(config=f"--node-name={T1}\n{config}")
+        return Membership(T1, server.config, failure_timeout=FAILURE, report=report)
+
+    async def test_static_members_their_keys_and_who_dials(self) -> None:
+        members = f"--cluster-nodes={T1}:s1:5277,{T2}:s2:5277:10.0.0.2,{T3}:s3:5277\n"
+        t1 = self.membership(members)
+        self.assertEqual((t1.peers(), t1.knows(T2), t1.knows(T1), t1.knows("t9.example.com")),
+                         ([T2, T3], True, False, False))
+        self.assertTrue(t1.should_accept("t0.example.com"))
+        self.assertFalse(t1.should_accept(T2))  # t1 sorts first: it dials
+        t2 = Membership(T2, make_server(config=f"--node-name={T2}\n{members}").config, failure_timeout=FAILURE,
+                        report=lambda: (0, {}))
+        self.assertEqual(t1.key_for(T2), t2.key_for(T1))  # one key per pair, whoever computes it
+        self.assertNotEqual(t1.key_for(T2), t1.key_for(T3))
+        t1.store = FakeStore()
+        await t1.refresh()
+        row = t1.store.rows[T1]
+        self.assertEqual((row.secret, row.sessions, row.links, row.port), (None, 2, {T2: 3}, 5277))
+
+    async def test_discovery_learns_live_rows_and_publishes_a_fresh_secret(self) -> None:
+        t1 = self.membership("")
+        self.assertEqual((t1.static, t1.peers()), (False, []))
+        store = FakeStore(NodeRow(T2, "10.0.0.2", 5300, "their-secret", 0.0, 0.0, 1, {}))
+        t1.store = store
+        t1.secret = "fresh"  # join() draws one when the list gives none
+        await t1.refresh()
+        self.assertEqual(t1.peers(), [T2])
+        self.assertEqual((t1.members[T2].address, t1.members[T2].port, t1.members[T2].secret),
+                         ("10.0.0.2", 5300, "their-secret"))
+        self.assertEqual(store.rows[T1].secret, "fresh")  # discovery: peers read it from the table

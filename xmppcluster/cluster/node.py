@@ -1,13 +1,12 @@
 """This node's place in the cluster: a thin :class:`Cluster` composing the parts, each with one job.
 
-- membership (here and :mod:`~xmppcluster.cluster.membership`): who the peers are, the ``cluster_nodes`` row;
+- :class:`~xmppcluster.cluster.membership.Membership`: who the peers are, link keys, the ``cluster_nodes`` row;
 - :class:`~xmppcluster.cluster.dialer.Dialer`: dialing the peers this node initiates to, with backoff;
 - :class:`~xmppcluster.cluster.link.Link`: one authenticated link, its heartbeats and acknowledgements;
 - :class:`~xmppcluster.cluster.failure.FailureDetector`: suspects, and when a suspect is dead;
 - :class:`~xmppcluster.cluster.delivery.Delivery`: routed stanzas, the outbox and acks, relays, replay;
 - :class:`~xmppcluster.cluster.directory.Directory`: the replicated session directory;
 - :class:`~xmppcluster.cluster.events.Events`: numbered cache events and their resync.
-
 
 - Peers come from ``--cluster-nodes`` (static) or, when that is empty, from the ``cluster_nodes``
   table of the shared database (each node heartbeats its row; stale rows are ignored).
@@ -24,8 +23,6 @@
 
 from __future__ import annotations
 
-import secrets as _secrets
-import time
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
@@ -42,6 +39,7 @@ from xmppcluster.cluster.directory import Directory, describe, directed_delta, s
 from xmppcluster.cluster.events import Events
 from xmppcluster.cluster.failure import FailureDetector
 from xmppcluster.cluster.link import Link, LinkFactory
+from xmppcluster.cluster.membership import Membership
 from xmppcluster.config import ClusterNode
 from xmppcluster.core import events as ev
 from xmppcluster.core.serializer import serialize
@@ -72,15 +70,11 @@ class Cluster:
         #: Limits for parsing a routed stanza again (to route it elsewhere): generous for the same reason.
         self.reparse_limits = {"max_elements": max(1_000_000, 4 * limits.max_elements),
                                "max_depth": max(1_000, 2 * limits.max_depth + 8)}
-        self.static = bool(config.cluster_nodes)
-        self.members: dict[str, ClusterNode] = {n.name: n for n in config.cluster_nodes}
-        me = self.members.get(self.name)
-        self.secret = me.secret if me is not None and me.secret else None
+        self.membership = Membership(self.name, config, failure_timeout=self.failure_timeout, report=self._report)
         self.links: dict[str, Link] = {}
         self.directory = Directory(self)
         self.events = Events(self)
         self.events.on_reset = self._reset_caches
-        self.started_at = time.time()
         self.delivery = Delivery(self)
         self.dialer = Dialer(self.clock, self._dial)
         self.failure = FailureDetector(self.clock, self.failure_timeout, linked=lambda peer: peer in self.links,
@@ -89,19 +83,11 @@ class Cluster:
         self._stopping = False
         self._sweeper = None
         self.bosh = None
-        self.store = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from xmppcluster.cluster.membership import MembershipStore
-
-        self.store = MembershipStore(self.server.storage.db)
-        if self.secret is None and not self.static:
-            self.secret = _secrets.token_hex(32)
-        await self.publish()
-        if not self.static:
-            await self.refresh_members()
+        await self.membership.join(self.server.storage.db)
         self.subscribe()
         from xmppcluster.cluster.bosh_forward import BoshForwarder
 
@@ -130,55 +116,33 @@ class Cluster:
         for link in list(self.links.values()):
             link.closing = True
             link.transport.loseConnection()
-        if self.store is not None:
-            await self.store.leave(self.name)
+        await self.membership.leave()
 
     def factory(self) -> LinkFactory:
         return LinkFactory(self)
 
-    # -- membership --------------------------------------------------------------------------------
+    # -- membership (what links ask) ----------------------------------------------------------------
+
+    @property
+    def members(self) -> dict[str, ClusterNode]:
+        return self.membership.members
 
     def peers(self) -> list[str]:
-        return [name for name in self.members if name != self.name]
+        return self.membership.peers()
 
     def knows(self, name: str) -> bool:
-        return name in self.members and name != self.name
+        return self.membership.knows(name)
 
     def should_accept(self, peer: str) -> bool:
-        return peer < self.name
+        return self.membership.should_accept(peer)
 
     def key_for(self, peer: str) -> bytes:
-        member = self.members[peer]
-        return wire.link_key((self.name, self.secret), (peer, member.secret))
+        return self.membership.key_for(peer)
 
-    async def publish(self) -> None:
-        """Heartbeat this node's row in the cluster_nodes table (discovery and cluster-status)."""
-        me = self.members.get(self.name)
-        port = self._cluster_port()
-        links = {name: self.directory.count(name) for name in self.links}
-        address = me.address if me is not None else self._listen_address()
-        await self.store.heartbeat(self.name, address=address, port=port,
-                                   secret=None if self.static else self.secret, started_at=self.started_at,
-                                   sessions=sum(1 for s in self.server.sessions if s.node is None),
-                                   links=links)
-
-    async def refresh_members(self) -> None:
-        rows = await self.store.live(max_age=max(3 * self.failure_timeout, 15.0))
-        for row in rows:
-            if row.name != self.name:
-                self.members[row.name] = ClusterNode(row.name, row.secret, row.port or 5277, row.address)
-
-    def _listen_address(self) -> str | None:
-        """The cl-comp interface peers should dial when it is a specific address (discovery mode)."""
-        for listener in self.server.config.listeners("cl-comp"):
-            for interface in listener.ifc:
-                if interface != "*":
-                    return interface
-        return None
-
-    def _cluster_port(self) -> int:
-        ports = [listener.port for listener in self.server.config.listeners("cl-comp")]
-        return ports[0] if ports else 5277
+    def _report(self) -> tuple[int, dict[str, int]]:
+        """What this node's row says: its local sessions, and how many of each linked peer's it knows."""
+        return (sum(1 for s in self.server.sessions if s.node is None),
+                {name: self.directory.count(name) for name in self.links})
 
     def _sweep(self) -> None:
         """Periodic: connect to peers we initiate to, publish our row, judge silent nodes."""
@@ -189,14 +153,9 @@ class Cluster:
                 self.dialer.dial(peer)
         self.failure.judge()
         self.events.flush_all()  # through a relay that appeared, for a peer without a link
-        defer.ensureDeferred(self._publish_and_refresh()).addErrback(
+        defer.ensureDeferred(self.membership.refresh()).addErrback(
             lambda f: log.failure("cluster membership update failed", f))
         self._sweeper = self.clock.callLater(self.heartbeat_interval, self._sweep)
-
-    async def _publish_and_refresh(self) -> None:
-        await self.publish()
-        if not self.static:
-            await self.refresh_members()
 
     def _dial(self, peer: str) -> defer.Deferred:
         """One connection attempt to ``peer`` (the :class:`Dialer` schedules them)."""
