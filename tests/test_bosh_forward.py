@@ -119,7 +119,7 @@ class ForwardingTests(TestCase):
         self.cluster.clock.advance(0.2)
         (data, status), = self.exchange.answers
         self.assertEqual(status, 200)
-        self.assertIn(b'type="error"', data)
+        self.assertIn(b"type='error'", data)
         self.assertEqual(self.forwarder.waiting, {})
         self.assertEqual(self.cluster.clock.getDelayedCalls(), [])
         self.cluster.server.hooks.notify("cluster/bosh-resp", OWNER, response("1"))  # too late: ignored
@@ -142,4 +142,4 @@ class ForwardingTests(TestCase):
         bad.children = ["not base64 !"]
         self.cluster.server.hooks.notify("cluster/bosh-resp", OWNER, bad)
         (data, _), = self.exchange.answers
-        self.assertIn(b'type="error"', data)
+        self.assertIn(b"type='error'", data)

@@ -152,7 +152,7 @@ class DirectedDeltaTests(TestCase):
         self.assertNotIn(b"<directed", describe(session, "state"))
         delta = directed_delta(session, "room1000@conference.example.org/alice", True)
         self.assertLess(len(delta), 120)
-        self.assertEqual(delta, b'<directed jid="alice@example.com/pc" to="room1000@conference.example.org/alice"/>')
+        self.assertEqual(delta, b"<directed jid='alice@example.com/pc' to='room1000@conference.example.org/alice'/>")
 
     def test_the_replica_follows_the_deltas(self) -> None:
         owner, mirror = Node("t1.example.com"), Node("t2.example.com")

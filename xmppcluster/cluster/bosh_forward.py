@@ -21,13 +21,12 @@ import base64
 import hashlib
 import itertools
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
 
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.core import events as ev
-from xmppcluster.core.serializer import serialize
+from xmppcluster.core.serializer import serialize, tag
 from xmppcluster.streams.bosh import bosh_sessions, render_body
 from xmppcluster.streams.bosh_session import DEFAULT_CONTENT_TYPE, Exchange
 
@@ -62,8 +61,7 @@ class ForwardedExchange(Exchange):
         self.alive = False
         encoded = base64.b64encode(data).decode("ascii")
         self.forwarder.cluster.send_event(
-            self.node, f"<bosh-resp id={quoteattr(self.number)} status='{status}' "
-                       f"type={quoteattr(content_type)}>{encoded}</bosh-resp>")
+            self.node, tag("bosh-resp", {"id": self.number, "status": status, "type": content_type}, encoded))
 
 
 class _Forwarded:
@@ -71,12 +69,13 @@ class _Forwarded:
     number: an answer to an earlier sending (e.g. the recoverable error the owner gives the request this
     sending replaces) is not this request's answer."""
 
-    __slots__ = ("node", "exchange", "request", "number", "timer")
+    __slots__ = ("node", "exchange", "attrs", "request", "number", "timer")
 
-    def __init__(self, node: str, exchange: Exchange, request: str) -> None:
+    def __init__(self, node: str, exchange: Exchange, attrs: dict[str, object], request: str) -> None:
         self.node = node
         self.exchange = exchange
-        self.request = request  # the <bosh-req/> after its id attribute
+        self.attrs = attrs  # the <bosh-req/>'s attributes but its id
+        self.request = request  # the client's <body/>, serialized
         self.number = ""
         self.timer: Any = None
 
@@ -98,8 +97,8 @@ class BoshForwarder:
 
     def owner(self, sid: str) -> str | None:
         """The cluster member (reachable now or not) whose tag ends ``sid``."""
-        tag = sid[-TAG_LENGTH:]
-        return next((node for node in self.cluster.peers() if node_tag(node) == tag), None)
+        suffix = sid[-TAG_LENGTH:]
+        return next((node for node in self.cluster.peers() if node_tag(node) == suffix), None)
 
     def _node_down(self, node: str) -> bool:
         for number, forwarded in list(self.waiting.items()):
@@ -119,7 +118,8 @@ class BoshForwarder:
         self.waiting.pop(forwarded.number, None)
         forwarded.number = str(next(self._numbers))
         self.waiting[forwarded.number] = forwarded
-        return self.cluster.send_event(forwarded.node, f"<bosh-req id='{forwarded.number}' {forwarded.request}")
+        return self.cluster.send_event(
+            forwarded.node, tag("bosh-req", {"id": forwarded.number, **forwarded.attrs}, forwarded.request))
 
     def _expired(self, forwarded: _Forwarded) -> None:
         forwarded.timer = None
@@ -143,8 +143,7 @@ class BoshForwarder:
         node = self.owner(sid)
         if node is None:
             return False
-        forwarded = _Forwarded(node, exchange, f"secure='{int(secure)}' peer={quoteattr(peer)}>"
-                                               f"{serialize(body)}</bosh-req>")
+        forwarded = _Forwarded(node, exchange, {"secure": int(secure), "peer": peer}, serialize(body))
         forwarded.timer = self.cluster.clock.callLater(self.timeout, self._expired, forwarded)
         if not self._send(forwarded):
             log.info("BOSH request for a session of {node} waits for {node} (unreachable)", node=node)

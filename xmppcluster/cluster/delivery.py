@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.core.namespaces import CLIENT
-from xmppcluster.core.xml import StreamFault, parse_element
+from xmppcluster.core.xml import StreamFault, reparse
 
 if TYPE_CHECKING:
     from xmppcluster.cluster.link import Link
@@ -152,7 +152,7 @@ class Delivery:
         """A stanza kept as text, as an element again (to route it another way); None (and the sender
         told) when it cannot be parsed."""
         try:
-            return parse_element(body, max_bytes=len(body) + 1, **self.cluster.reparse_limits)
+            return reparse(body, **self.cluster.reparse_limits)
         except StreamFault as fault:
             log.warn("cluster: a routed stanza cannot be parsed again ({condition}: {text}); bounced",
                      condition=fault.condition, text=fault.text or "")

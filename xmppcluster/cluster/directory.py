@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
-from xml.sax.saxutils import quoteattr
 
 from twisted.logger import Logger
 from twisted.words.xish import domish
@@ -28,6 +27,7 @@ from twisted.words.xish import domish
 from xmppcluster.cluster.delivery import kept
 from xmppcluster.core.namespaces import CLIENT
 from xmppcluster.core.serializer import serialize
+from xmppcluster.core.serializer import tag as element
 from xmppcluster.core.sessions import Session
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class RemoteSession:
         self.cluster.delivery.route(self.node, xml, self.jid, kept(xml))
 
     def close(self, condition: str, text: str | None = None) -> None:
-        self.cluster.send_event(self.node, f"<kick jid={quoteattr(self.jid)} condition={quoteattr(condition)}/>")
+        self.cluster.send_event(self.node, element("kick", {"jid": self.jid, "condition": condition}))
 
     def replaced(self) -> None:
         """The owner node ends it when it hears of the newer session."""
@@ -104,19 +104,18 @@ def describe(session: Session, tag: str = "bound") -> bytes:
     recipients) or ``state`` (presence, priority and interest only)."""
     presence = session.presence
     inner = serialize(presence) if presence is not None else ""
-    extra = ""
+    stamp = None
     if tag == "bound":
-        extra = f" stamp='{stamp_of(session)}'"
-        inner += "".join(f"<directed to={quoteattr(target)}/>" for target in session.directed)
-    return (f"<{tag} jid={quoteattr(session.jid)}{extra} prio='{session.priority}' "
-            f"interested='{int(session.interested)}'>{inner}</{tag}>").encode()
+        stamp = stamp_of(session)
+        inner += "".join(element("directed", {"to": target}) for target in session.directed)
+    return element(tag, {"jid": session.jid, "stamp": stamp, "prio": session.priority,
+                         "interested": int(session.interested)}, inner).encode()
 
 
 def directed_delta(session: Session, target: str | None, added: bool) -> bytes:
     """One change of a local session's directed-presence recipients: ``<directed jid to/>`` (added),
     ``<undirected jid to/>`` (removed) or ``<undirected jid/>`` (all removed)."""
-    to = f" to={quoteattr(target)}" if target is not None else ""
-    return f"<{'directed' if added else 'undirected'} jid={quoteattr(session.jid)}{to}/>".encode()
+    return element("directed" if added else "undirected", {"jid": session.jid, "to": target}).encode()
 
 
 def sync_frames(sessions: Iterable[Session], live: Callable[[Session], bool],

@@ -25,10 +25,11 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-from xml.sax.saxutils import quoteattr
 
 from twisted.logger import Logger
 from twisted.words.xish import domish
+
+from xmppcluster.core.serializer import tag
 
 if TYPE_CHECKING:
     from xmppcluster.cluster.node import Cluster
@@ -77,9 +78,8 @@ class Events:
     def publish(self, name: str, attributes: dict[str, str], children: str = "") -> None:
         """Number and log an event of this node, and send it to every peer that can be reached now."""
         self.seq += 1
-        rendered = "".join(f" {key}={quoteattr(value)}" for key, value in attributes.items())
-        frame = (f"<event name={quoteattr(name)} origin={quoteattr(self.cluster.name)} inc='{self.incarnation}' "
-                 f"seq='{self.seq}'{rendered}>{children}</event>").encode()
+        frame = tag("event", {"name": name, "origin": self.cluster.name, "inc": self.incarnation, "seq": self.seq,
+                              **attributes}, children).encode()
         self._log.append((self.seq, self.cluster.clock.seconds(), frame))
         self._bytes += len(frame)
         while self._log and (len(self._log) > self.max_events or self._bytes > self.max_bytes):
@@ -97,7 +97,7 @@ class Events:
             return  # unreachable: they wait in the log
         first = self._log[0][0] if self._log else self.seq + 1
         if cursor < first - 1:
-            send(f"<reset origin={quoteattr(self.cluster.name)} inc='{self.incarnation}' seq='{self.seq}'/>".encode())
+            send(tag("reset", {"origin": self.cluster.name, "inc": self.incarnation, "seq": self.seq}).encode())
             log.info("cluster: {peer} missed more cache events than are kept; it drops its caches", peer=peer)
         else:
             for seq, _, frame in self._log:

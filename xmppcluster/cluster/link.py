@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from collections import deque
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.cluster import protocol as wire
+from xmppcluster.core.serializer import tag
 from xmppcluster.core.tls import channel_binding
 from xmppcluster.core.xml import StreamFault, parse_element
 
@@ -150,11 +150,10 @@ class Link(Protocol):
     # -- opening -----------------------------------------------------------------------------------
 
     def _send_header(self) -> None:
-        attrs = {"from": self.cluster.name, "version": wire.VERSION}
+        attrs = {"xmlns": wire.NS, "from": self.cluster.name, "version": wire.VERSION}
         if self.peer:
             attrs["to"] = self.peer
-        rendered = "".join(f" {k}={quoteattr(v)}" for k, v in attrs.items())
-        self.transport.write(wire.control(f"<hello xmlns='{wire.NS}'{rendered}/>".encode()))
+        self.transport.write(wire.control(tag("hello", attrs).encode()))
 
     def _hello(self, root: domish.Element) -> None:
         if root.name != "hello" or root.uri != wire.NS:
@@ -246,7 +245,7 @@ class Link(Protocol):
             return
         if self.up:
             links = ",".join(sorted(self.cluster.links))
-            self.send(f"<hb h='{self.acknowledgeable()}' links={quoteattr(links)}/>".encode())
+            self.send(tag("hb", {"h": self.acknowledgeable(), "links": links}).encode())
         self._heartbeat = clock.callLater(self.cluster.heartbeat_interval, self._beat)
 
     def _acknowledged(self, element: domish.Element) -> None:

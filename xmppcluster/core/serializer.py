@@ -30,7 +30,7 @@ from twisted.words.xish.domish import Element, SerializedXML
 
 from xmppcluster.core.xml import namespace_allowed
 
-__all__ = ["serialize"]
+__all__ = ["quote", "serialize", "start_tag", "tag"]
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 XMLNS_NS = "http://www.w3.org/2000/xmlns/"
@@ -278,6 +278,42 @@ class _General:
             else:
                 self.write(child, own, wire, scope, out)
         out.append(f"</{qname}>")
+
+
+# -- XML written by hand ------------------------------------------------------------------------------
+# Frames that wrap XML serialized already (cluster frames, a BOSH <body/>, a stream header) are written as
+# text: these are the only helpers for it (never xml.sax.saxutils.quoteattr, never a value in an f-string).
+
+_QNAME = re.compile(f"(?:{_NCNAME.pattern[:-2]}:)?{_NCNAME.pattern}")
+
+
+def quote(value: object) -> str:
+    """An attribute value as ``'...'``, escaped as :func:`serialize` escapes it (``str()`` of a non-string);
+    a C0 control XML cannot carry is a :class:`ValueError`."""
+    return f"'{_attribute(value if value.__class__ is str else str(value))}'"
+
+
+def _qname(name: str) -> str:
+    if name.__class__ is not str or _QNAME.match(name) is None:
+        raise ValueError(f"not an XML name: {name!r}")
+    return name
+
+
+def start_tag(name: str, attrs: dict[str, object] | None = None) -> str:
+    """``<name a='v' ...>``: names are XML names (a prefix allowed, ``xmlns`` and ``xmlns:p`` too), values
+    quoted by :func:`quote`, None values left out."""
+    rendered = "".join(f" {_qname(key)}={quote(value)}" for key, value in (attrs or {}).items() if value is not None)
+    return f"<{_qname(name)}{rendered}>"
+
+
+def tag(name: str, attrs: dict[str, object] | None = None, content: str | None = None) -> str:
+    """One element written by hand: ``<name a='v'/>``, or with ``content`` ``<name a='v'>content</name>``.
+
+    ``content`` is XML inserted as it is: our serializer's output or other :func:`tag` results, never text
+    from outside (escape that by building an element instead).
+    """
+    head = start_tag(name, attrs)
+    return f"{head[:-1]}/>" if content is None else f"{head}{content}</{name}>"
 
 
 def serialize(element: Element, default_uri: str = "", prefixes: dict[str, str] | None = None,

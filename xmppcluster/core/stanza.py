@@ -55,6 +55,22 @@ def make(name: str, *, to: str | None = None, frm: str | None = None, type: str 
     return element
 
 
+def copy(stanza: domish.Element, **changes: str | None) -> domish.Element:
+    """A new stanza (``jabber:client``) with the name, attributes and children of ``stanza``, and ``changes``
+    made to its attributes (``frm`` means ``from``; None removes one): the one way to copy a stanza, e.g. to
+    readdress it. The children are shared, not copied; ``stanza`` itself is untouched."""
+    element = domish.Element((CLIENT, stanza.name))
+    element.attributes.update(stanza.attributes)
+    for key, value in changes.items():
+        key = "from" if key == "frm" else key
+        if value is None:
+            element.attributes.pop(key, None)
+        else:
+            element[key] = value
+    element.children = list(stanza.children)
+    return element
+
+
 def result(request: domish.Element) -> domish.Element:
     """An empty ``type='result'`` reply to an IQ request."""
     return make("iq", to=request.getAttribute("from"), frm=request.getAttribute("to"), type="result",

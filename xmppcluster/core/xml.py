@@ -450,3 +450,26 @@ def parse_element(
     if builder.result is None:  # pragma: no cover - expat reports "no element found" first
         raise StreamFault("not-well-formed", "no element")
     return builder.result
+
+
+#: :func:`reparse`'s default depth limit: far above any stanza the server accepts (``--max-xml-depth``) with
+#: what it adds (delay, error, forwarding wrappers), and low enough for the recursive code that walks elements.
+REPARSE_MAX_DEPTH = 1_000
+
+
+def reparse(data: bytes | str, *, max_elements: int | None = None, max_depth: int = REPARSE_MAX_DEPTH) -> Element:
+    """One stanza this server serialized itself, as an element again: the one way to parse trusted bytes
+    (the offline store, stored subscription requests, a stream's or BOSH session's queue of serialized
+    stanzas, a stanza routed by a cluster node).
+
+    Limits: the size is the input's own (it was bounded when the stanza was accepted); at most
+    ``max_elements`` elements (default ``len(data)``, which well-formed input cannot exceed: the size alone
+    bounds the work) and ``max_depth`` levels (default :data:`REPARSE_MAX_DEPTH`). The stream's rules still
+    hold (no DTD, entity, comment or processing instruction; namespace names as on input). Raises
+    :class:`StreamFault` when the bytes are not one such element: the caller drops or bounces the stanza
+    and logs it (a damaged database row, a peer's bug), never with a traceback.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return parse_element(data, max_bytes=len(data) + 1,
+                         max_elements=len(data) if max_elements is None else max_elements, max_depth=max_depth)

@@ -47,9 +47,7 @@ from xmppcluster.core.events import (
 )
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.keyed import KeyedQueue
-from xmppcluster.core.serializer import serialize
 from xmppcluster.core.sessions import Session
-from xmppcluster.core.xml import parse_element
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.storage.blocking import BlockingStore, BlocklistFull
 from xmppcluster.storage.errors import NoSuchAccount
@@ -423,9 +421,7 @@ class Blocking(Module):
         for session in self.server.sessions.available(bare):
             for contact in self._entitled(bare, session, changed):
                 if available:
-                    presence = parse_element(serialize(session.presence))
-                    presence["to"] = contact
-                    presence["from"] = session.jid
+                    presence = stanzas.copy(session.presence, to=contact, frm=session.jid)
                 else:
                     presence = stanzas.make("presence", to=contact, frm=session.jid, type="unavailable")
                 self.server.router.route(presence, session)

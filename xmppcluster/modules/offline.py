@@ -37,7 +37,7 @@ from xmppcluster.core.keyed import KeyedQueue
 from xmppcluster.core.serializer import serialize
 from xmppcluster.core.sessions import Session
 from xmppcluster.core.stanza import utc_stamp
-from xmppcluster.core.xml import StreamFault, parse_element
+from xmppcluster.core.xml import StreamFault, reparse
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.blocking import Blocking, blocked_by
 from xmppcluster.storage.errors import NoSuchAccount
@@ -299,8 +299,7 @@ class OfflineMessages(Module):
                 break  # nobody left to take them: the rest stays stored
             session = target
             try:
-                stanza = parse_element(message.stanza, max_bytes=len(message.stanza) + 1,
-                                       max_elements=1_000_000, max_depth=1_000)
+                stanza = reparse(message.stanza)
             except StreamFault:
                 self.log.error("dropping unreadable offline message {seq} of {bare}", seq=message.seq, bare=bare)
                 done.append(message.seq)

@@ -28,9 +28,9 @@ from xmppcluster.core.events import (
     SESSION_UNBOUND,
 )
 from xmppcluster.core.jid import InvalidJID, parse_jid
-from xmppcluster.core.namespaces import CLIENT
 from xmppcluster.core.serializer import serialize
-from xmppcluster.core.xml import parse_element
+from xmppcluster.core.stanza import copy
+from xmppcluster.core.xml import reparse
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.roster import RosterModule, split_bare
 from xmppcluster.modules.subscription import KINDS, SUBSCRIBE, SUBSCRIBED, Transition, inbound, outbound
@@ -39,19 +39,6 @@ from xmppcluster.storage.roster import Change, RosterFull
 PRE_APPROVAL = "urn:xmpp:features:pre-approval"
 FROM = ("from", "both")
 TO = ("to", "both")
-
-
-def copy(stanza: domish.Element, *, frm: str, to: str | None) -> domish.Element:
-    """A new presence with the attributes and payload of ``stanza``, readdressed (the original is untouched)."""
-    element = domish.Element((CLIENT, "presence"))
-    element.attributes.update(stanza.attributes)
-    element["from"] = frm
-    if to is None:
-        element.attributes.pop("to", None)
-    else:
-        element["to"] = to
-    element.children = list(stanza.children)
-    return element
 
 
 def _bare_of(text: str) -> str | None:
@@ -281,6 +268,6 @@ class Presence(Module):
         assert self.roster.store is not None
         for contact, xml in (await self.roster.store.pending(*split_bare(bare))).items():
             try:
-                session.deliver(parse_element(xml))
+                session.deliver(reparse(xml))
             except Exception:
                 self.log.failure("stored subscription request from {contact} is unreadable", contact=contact)

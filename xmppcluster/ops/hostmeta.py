@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any, NamedTuple
-from xml.sax.saxutils import quoteattr
 
 from twisted.web.resource import Resource
+
+from xmppcluster.core.serializer import tag
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -74,7 +75,7 @@ def host_meta_links(server: XMPPServer) -> list[Link]:
 def render_xrd(links: list[Link]) -> bytes:
     """The XRD document (RFC 6415) with one ``<Link/>`` per entry."""
     lines = ["<?xml version='1.0' encoding='utf-8'?>", f"<XRD xmlns='{XRD_NS}'>"]
-    lines += [f"  <Link rel={quoteattr(link.rel)} href={quoteattr(link.href)}/>" for link in links]
+    lines += ["  " + tag("Link", {"rel": link.rel, "href": link.href}) for link in links]
     lines.append("</XRD>")
     return ("\n".join(lines) + "\n").encode("utf-8")
 

@@ -12,15 +12,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
 
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.core import namespaces as ns
-from xmppcluster.core.serializer import serialize
-from xmppcluster.core.xml import StreamFault, parse_element
+from xmppcluster.core.serializer import serialize, tag
+from xmppcluster.core.xml import StreamFault, reparse
 from xmppcluster.streams.core import ClientStream, StreamHeader
 
 if TYPE_CHECKING:
@@ -72,15 +71,12 @@ def render_body(attrs: dict[str, str], children: Iterable[domish.Element | bytes
     A child given as bytes is a stanza already serialized with its xmlns: written as it is."""
     parts = [child.decode("utf-8") if child.__class__ is bytes else serialize(child, HTTPBIND, _PREFIXES, _IN_SCOPE)
              for child in children]
-    head = [f"<body xmlns='{HTTPBIND}'"]
+    head = {"xmlns": HTTPBIND}
     if any(key.startswith("xmpp:") for key in attrs):
-        head.append(f" xmlns:xmpp='{XBOSH}'")
+        head["xmlns:xmpp"] = XBOSH
     if any("<stream:" in part for part in parts):
-        head.append(f" xmlns:stream='{ns.STREAMS}'")
-    head.extend(f" {key}={quoteattr(value)}" for key, value in attrs.items())
-    if not parts:
-        return ("".join(head) + "/>").encode("utf-8")
-    return ("".join(head) + ">" + "".join(parts) + "</body>").encode("utf-8")
+        head["xmlns:stream"] = ns.STREAMS
+    return tag("body", {**head, **attrs}, "".join(parts) if parts else None).encode("utf-8")
 
 
 def as_client_namespace(element: domish.Element) -> domish.Element:
@@ -493,8 +489,8 @@ class BoshSession:
     def _overflow(self, element: domish.Element | bytes) -> None:
         """Nobody is polling and the queue is full: bounce instead of growing (XEP-0206 §7)."""
         if element.__class__ is bytes:
-            try:  # a stanza this server serialized: any size it can have is fine here
-                element = parse_element(element, max_bytes=len(element) + 1, max_elements=1 << 30, max_depth=1 << 30)
+            try:  # a stanza this server serialized
+                element = reparse(element)
             except StreamFault:
                 log.warn("BOSH session {sid}: queue full, an unreadable stanza dropped", sid=self.sid[:8])
                 return

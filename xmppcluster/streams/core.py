@@ -29,7 +29,7 @@ from xmppcluster.core.events import OUTGOING, SESSION_BOUND, SESSION_UNBOUND, ST
 from xmppcluster.core.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.core.sessions import Session
 from xmppcluster.core.tls import channel_bindings
-from xmppcluster.core.xml import StreamFault, parse_element
+from xmppcluster.core.xml import StreamFault, reparse
 from xmppcluster.streams.throttle import log_budget
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ class ClientStream:
         router = self.server.router
         for xml in stanzas:
             try:
-                element = parse_element(xml, max_bytes=len(xml) + 1, max_elements=len(xml), max_depth=len(xml))
+                element = reparse(xml)
             except StreamFault:  # pragma: no cover - our own serialization
                 continue
             router.undeliverable(element, bare)

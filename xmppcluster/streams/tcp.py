@@ -6,7 +6,6 @@ This module only frames: bytes → hardened parser → stream core, and elements
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
 
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
@@ -18,6 +17,7 @@ from zope.interface import implementer
 from xmppcluster.auth.sasl import ChannelInfo
 from xmppcluster.core import namespaces as ns
 from xmppcluster.core.serializer import serialize as fast_serialize
+from xmppcluster.core.serializer import start_tag
 from xmppcluster.core.xml import StreamFault, StreamParser
 from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, stream_error, tls_channel_info
 from xmppcluster.streams.flow import InputGate, OutputQueue
@@ -33,6 +33,7 @@ log = Logger()
 _PREFIXES = {ns.STREAMS: "stream"}
 _IN_SCOPE = ["stream"]
 _CLOSE = b"</stream:stream>"
+_STREAM_XMLNS = {"xmlns": ns.CLIENT, "xmlns:stream": ns.STREAMS}
 #: Seconds a closing connection has to flush its output before it is dropped (a client that does not read).
 CLOSE_TIMEOUT = 10.0
 
@@ -144,10 +145,8 @@ class ClientConnection(Protocol):
     # -- StreamTransport sink -------------------------------------------------------------------------
 
     def open_stream(self, attrs: dict[str, str]) -> None:
-        header = "".join(f" {key}={quoteattr(value)}" for key, value in attrs.items() if value)
-        self.output.write(
-            f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}'"
-            f"{header}>".encode())
+        header = start_tag("stream:stream", {**_STREAM_XMLNS, **{key: value for key, value in attrs.items() if value}})
+        self.output.write(f"<?xml version='1.0'?>{header}".encode())
         self._sent_since_keepalive = True
 
     def send(self, element: domish.Element) -> None:
@@ -247,8 +246,8 @@ class RefusedConnection(Protocol):
         (log.info if log_budget(self.server).allow(self.peer) else log.debug)(
             "c2s connection from {peer} refused: {text}", peer=self.peer, text=text)
         self.transport.write(
-            f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}' "
-            f"from={quoteattr(domain)} version='1.0'>".encode()
+            f"<?xml version='1.0'?>{start_tag('stream:stream', {**_STREAM_XMLNS, 'from': domain, 'version': '1.0'})}"
+            .encode()
             + serialize(stream_error("policy-violation", text)) + _CLOSE)
         self.transport.loseConnection()
 
