@@ -49,7 +49,7 @@ class TwistdTests(TestCase):
                     break
                 answer += chunk
         self.assertIn(b"<stream:stream", answer)
-        self.assertIn(b"from=\"localhost\"", answer)
+        self.assertIn(b"from='localhost'", answer)
         self.assertIn(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>", answer)
         self.assertTrue(os.path.exists(os.path.join(directory, "certs", "default.pem")))
         self.assertTrue(os.path.exists(os.path.join(directory, "data", "xmppcluster.sqlite")))
