@@ -125,7 +125,7 @@ def run_client(port: int, sessions: int, login: bool, server_pid: int) -> None:
         connections.append(conn)
         rid = 1000
         reply = await conn.post(body(to=DOMAIN, rid=rid, wait=120, hold=1, ver="1.6", xmpp__version="1.0"))
-        sid = re.search(r'sid="([0-9a-f]+)"', reply).group(1)
+        sid = re.search(r"sid=[\"']([0-9a-f]+)", reply).group(1)
         if login:
             scram = Scram()
             reply = await conn.post(body(f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-1'>{scram.first()}</auth>",
