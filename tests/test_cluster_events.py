@@ -175,3 +175,14 @@ class CacheEventTests(TestCase):
         self.assertEqual(t2.applied, [])
         t1.receive("t2", parse_element(t2.events.resync_frame("t1")))
         self.assertEqual(t2.applied, ["alice:1"])
+
+
+class ResyncFrameTests(TestCase):
+    def test_an_incarnation_heard_from_a_peer_is_quoted_in_the_resync_frame(self) -> None:
+        """The peer's incarnation goes back in our <resync/>: written as an attribute value, whatever it holds."""
+        net = Net("t1", "t2")
+        t1 = net.nodes["t1"]
+        t1.events.resync("t2", parse_element(b"<resync inc='a&apos;b&lt;c' seq='3'/>"))
+        frame = parse_element(t1.events.resync_frame("t2"))
+        self.assertEqual((frame.name, frame["peer-inc"], frame["seen"], frame["inc"]),
+                         ("resync", "a'b<c", "0", t1.events.incarnation))

@@ -114,8 +114,10 @@ class Events:
         self._cursor.pop(peer, None)
         self._marks[peer] = self.seq
         seen = self._seen.get(peer)
-        known = (f" peer-inc='{seen.incarnation}' seen='{seen.prefix}'") if seen is not None else ""
-        return f"<resync inc='{self.incarnation}' seq='{self.seq}'{known}/>".encode()
+        attributes = {"inc": self.incarnation, "seq": self.seq}
+        if seen is not None:  # the peer's incarnation as it sent it
+            attributes.update({"peer-inc": seen.incarnation, "seen": seen.prefix})
+        return tag("resync", attributes).encode()
 
     def link_lost(self, peer: str, window: float) -> None:
         """The direct link to ``peer`` is gone: what was sent on it during the last ``window`` seconds may not

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ClientEndpoint
@@ -42,7 +41,7 @@ from xmppcluster.cluster.link import Link, LinkFactory
 from xmppcluster.cluster.membership import Membership
 from xmppcluster.config import ClusterNode
 from xmppcluster.core import events as ev
-from xmppcluster.core.serializer import serialize
+from xmppcluster.core.serializer import serialize, start_tag, tag
 
 if TYPE_CHECKING:
     from xmppcluster.core.server import XMPPServer
@@ -300,7 +299,7 @@ class Cluster:
         relay = self._relay_for(node)
         if relay is None:
             return None
-        head = f"<relay node={quoteattr(node)}>".encode()
+        head = start_tag("relay", {"node": node}).encode()
         return lambda xml: relay.send(head + xml + b"</relay>")
 
     def send_event(self, node: str, xml: str) -> bool:
@@ -312,7 +311,7 @@ class Cluster:
             relay = self._relay_for(node)
             if relay is None:
                 return False
-            relay.send(f"<relay node={quoteattr(node)}>{xml}</relay>".encode())
+            relay.send(tag("relay", {"node": node}, xml).encode())
         return True
 
     def _relay_for(self, node: str) -> Link | None:
@@ -349,13 +348,13 @@ class Cluster:
 
     def _local_unbound(self, session: Session, reason: str) -> bool:
         if session.node is None:
-            self.broadcast(f"<unbound jid={quoteattr(session.jid)}/>".encode())
+            self.broadcast(tag("unbound", {"jid": session.jid}).encode())
         return False
 
     def _offline_waiting(self, owner: str, node: str) -> bool:
         """A message of ``owner`` was stored here while its eligible resources are on ``node``: that node
         delivers it (its ``cluster/offline-waiting`` hook)."""
-        self.send_event(node, f"<offline-waiting owner={quoteattr(owner)}/>")
+        self.send_event(node, tag("offline-waiting", {"owner": owner}))
         return True
 
     def _roster_changed(self, owner: str, contact: str) -> bool:
@@ -364,8 +363,8 @@ class Cluster:
 
     def _blocking_changed(self, owner: str, added: list[str], removed: list[str]) -> bool:
         """Peers forget their cached blocklist of ``owner`` and push the change to their resources of it."""
-        items = "".join(f"<block jid={quoteattr(jid)}/>" for jid in added)
-        items += "".join(f"<unblock jid={quoteattr(jid)}/>" for jid in removed)
+        items = "".join(tag("block", {"jid": jid}) for jid in added)
+        items += "".join(tag("unblock", {"jid": jid}) for jid in removed)
         self.events.publish("blocking/changed", {"owner": owner}, items)
         return False
 
