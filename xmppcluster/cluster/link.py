@@ -186,7 +186,7 @@ class Link(Protocol):
 
     def _send_auth(self) -> None:
         role = "initiator" if self.initiator else "acceptor"
-        self.transport.write(wire.control(f"<auth proof='{self._proof(role)}'/>".encode()))
+        self.transport.write(wire.control(tag("auth", {"proof": self._proof(role)}).encode()))
 
     def _control(self, element: domish.Element) -> None:
         if not self.hello:
