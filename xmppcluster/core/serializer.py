@@ -293,17 +293,31 @@ def quote(value: object) -> str:
     return f"'{_attribute(value if value.__class__ is str else str(value))}'"
 
 
+# Names checked already (a few dozen frame and attribute names in all).
+_QNAMES: set[str] = set()
+
+
 def _qname(name: str) -> str:
+    if name in _QNAMES:
+        return name
     if name.__class__ is not str or _QNAME.match(name) is None:
         raise ValueError(f"not an XML name: {name!r}")
+    if len(_QNAMES) >= _MAX_CACHED:
+        _QNAMES.clear()
+    _QNAMES.add(name)
     return name
 
 
 def start_tag(name: str, attrs: dict[str, object] | None = None) -> str:
     """``<name a='v' ...>``: names are XML names (a prefix allowed, ``xmlns`` and ``xmlns:p`` too), values
     quoted by :func:`quote`, None values left out."""
-    rendered = "".join(f" {_qname(key)}={quote(value)}" for key, value in (attrs or {}).items() if value is not None)
-    return f"<{_qname(name)}{rendered}>"
+    out = ["<", _qname(name)]
+    if attrs:
+        for key, value in attrs.items():
+            if value is not None:
+                out += (" ", _qname(key), "='", _attribute(value if value.__class__ is str else str(value)), "'")
+    out.append(">")
+    return "".join(out)
 
 
 def tag(name: str, attrs: dict[str, object] | None = None, content: str | None = None) -> str:
