@@ -43,10 +43,10 @@ class TagTests(TestCase):
         self.assertRaises(ValueError, tag, "x", {"a": "\x00"})
 
     def test_nothing_writes_xml_with_quoteattr(self) -> None:
-        """Hand-written XML goes through core.serializer; cluster/node.py is being split by another change."""
+        """Hand-written XML goes through core.serializer."""
         users = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                        if "quoteattr" in path.read_text() and path.name != "serializer.py")
-        self.assertEqual([u for u in users if u != "cluster/node.py"], [])
+        self.assertEqual(users, [])
 
 
 class CopyTests(TestCase):

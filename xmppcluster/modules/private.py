@@ -14,7 +14,7 @@ from typing import Any
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
-from xmppcluster.core.serializer import serialize
+from xmppcluster.core.serializer import serialize, tag
 from xmppcluster.core.xml import parse_element
 from xmppcluster.modules.base import Module, StanzaError, iq
 from xmppcluster.modules.disco import requester
@@ -63,7 +63,7 @@ class PrivateStorage(Module):
             query.addElement((wanted.uri, wanted.name))
         else:
             limits = self.server.limits
-            wrapped = f"<query xmlns='{PRIVATE}'>{text}</query>"
+            wrapped = tag("query", {"xmlns": PRIVATE}, text)
             reply.addChild(parse_element(wrapped, max_bytes=max(limits.max_stanza_bytes, len(wrapped.encode()) + 1),
                                          max_elements=limits.max_elements, max_depth=limits.max_depth))
         return reply

@@ -30,6 +30,8 @@ from xmppcluster.core.events import (
 )
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.keyed import KeyedQueue
+from xmppcluster.core.namespaces import CLIENT
+from xmppcluster.core.serializer import tag
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
 from xmppcluster.modules.subscription import State, Transition
 from xmppcluster.storage.roster import Change, PendingTooLarge, RosterFull, RosterItem, RosterStore
@@ -221,8 +223,8 @@ class RosterModule(Module):
             if not new.pending_in:
                 new_pending = None
             else:
-                new_pending = pending or request or (
-                    f"<presence xmlns='jabber:client' type='subscribe' from='{contact}' to='{bare}'/>")
+                new_pending = pending or request or tag(
+                    "presence", {"xmlns": CLIENT, "type": "subscribe", "from": contact, "to": bare})
             return new_item, new_pending
 
         try:
