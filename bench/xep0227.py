@@ -13,7 +13,8 @@ import sys
 from typing import IO
 
 from xmppcluster.auth.credentials import DEFAULT_ITERATIONS, SCRAM_HASHES, derive
-from xmppcluster.ops.provision.exporter import _attr, _b64
+from xmppcluster.core.serializer import quote
+from xmppcluster.ops.provision.exporter import _b64
 from xmppcluster.ops.provision.model import NS_PIE, NS_ROSTER, NS_SCRAM
 
 __all__ = ["write_synthetic"]
@@ -29,7 +30,7 @@ def write_synthetic(out: IO[bytes], domain: str, count: int, *, roster_size: int
     else as a plaintext ``password`` attribute (``plaintext``, or when ``password`` is None).
     """
     out.write(f"<?xml version='1.0' encoding='UTF-8'?>\n<server-data xmlns='{NS_PIE}'>\n"
-              f"  <host jid='{_attr(domain)}'>\n".encode())
+              f"  <host jid={quote(domain)}>\n".encode())
     scram = ""
     if password is not None and not plaintext:
         for mechanism in SCRAM_HASHES:
@@ -40,8 +41,8 @@ def write_synthetic(out: IO[bytes], domain: str, count: int, *, roster_size: int
     size = min(roster_size, count - 1)
     for n in range(1, count + 1):
         name = f"{prefix}{n}"
-        secret = "" if scram else f" password='{_attr(password if password is not None else name)}'"
-        items = "".join(f"<item jid='{prefix}{(n - 1 + k) % count + 1}@{_attr(domain)}' subscription='both'>"
+        secret = "" if scram else f" password={quote(password if password is not None else name)}"
+        items = "".join(f"<item jid='{prefix}{(n - 1 + k) % count + 1}@{domain}' subscription='both'>"
                         "<group>Bench</group></item>" for k in range(1, size + 1))
         roster = f"<query xmlns='{NS_ROSTER}'>{items}</query>" if items else ""
         out.write(f"    <user name='{name}'{secret}>{scram}{roster}</user>\n".encode())

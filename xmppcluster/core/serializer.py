@@ -30,7 +30,7 @@ from twisted.words.xish.domish import Element, SerializedXML
 
 from xmppcluster.core.xml import namespace_allowed
 
-__all__ = ["quote", "serialize", "start_tag", "tag"]
+__all__ = ["escape_text", "quote", "serialize", "start_tag", "tag"]
 
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 XMLNS_NS = "http://www.w3.org/2000/xmlns/"
@@ -95,6 +95,11 @@ def _default(uri: str) -> None:
 
 def _text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
+def escape_text(text: str) -> str:
+    """Character data escaped as :func:`serialize` escapes it (for text written by hand)."""
+    return _text(text)
 
 
 def _attribute(value: str) -> str:

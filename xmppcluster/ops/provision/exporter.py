@@ -10,24 +10,12 @@ from typing import IO
 from twisted.internet.defer import Deferred
 
 from xmppcluster.core.jid import nameprep
+from xmppcluster.core.serializer import escape_text, quote
 from xmppcluster.ops.provision.importer import BATCH_SIZE
 from xmppcluster.ops.provision.model import BLOCKLIST_NAME, NS_PIE, NS_PRIVACY, NS_PRIVATE, NS_ROSTER, NS_SCRAM
 from xmppcluster.storage.database import Cursor, Database
 
 __all__ = ["export_database"]
-
-_ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;",
-                               "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
-_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
-
-
-def _attr(value: str) -> str:
-    return value.translate(_ATTR_ESCAPES)
-
-
-def _text(value: str) -> str:
-    return value.translate(_TEXT_ESCAPES)
-
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(bytes(data)).decode("ascii")
@@ -60,9 +48,9 @@ def _read_page(cursor: Cursor, domain: str, users: list[str]) -> dict[str, dict[
 
 def _user_xml(user: str, page: dict[str, dict[str, list[tuple]]]) -> str:
     """One ``<user/>`` in the canonical layout (see docs/provisioning.rst)."""
-    out = [f"    <user name='{_attr(user)}'>\n"]
+    out = [f"    <user name={quote(user)}>\n"]
     for mechanism, iterations, salt, server_key, stored_key in page["credentials"].get(user, ()):
-        out.append(f"      <scram-credentials xmlns='{NS_SCRAM}' mechanism='{_attr(mechanism)}'>"
+        out.append(f"      <scram-credentials xmlns='{NS_SCRAM}' mechanism={quote(mechanism)}>"
                    f"<iter-count>{int(iterations)}</iter-count><salt>{_b64(salt)}</salt>"
                    f"<server-key>{_b64(server_key)}</server-key><stored-key>{_b64(stored_key)}</stored-key>"
                    "</scram-credentials>\n")
@@ -70,15 +58,15 @@ def _user_xml(user: str, page: dict[str, dict[str, list[tuple]]]) -> str:
     if roster:
         out.append(f"      <query xmlns='{NS_ROSTER}'>\n")
         for contact, name, subscription, ask, approved, groups in roster:
-            attrs = f"jid='{_attr(contact)}'"
+            attrs = f"jid={quote(contact)}"
             if name is not None:
-                attrs += f" name='{_attr(name)}'"
+                attrs += f" name={quote(name)}"
             attrs += f" subscription='{subscription}'"
             if ask:
                 attrs += " ask='subscribe'"
             if approved:
                 attrs += " approved='true'"
-            group_xml = "".join(f"<group>{_text(g)}</group>" for g in sorted(json.loads(groups or "[]")))
+            group_xml = "".join(f"<group>{escape_text(g)}</group>" for g in sorted(json.loads(groups or "[]")))
             out.append(f"        <item {attrs}>{group_xml}</item>\n" if group_xml else f"        <item {attrs}/>\n")
         out.append("      </query>\n")
     for _contact, stanza in page["pending"].get(user, ()):
@@ -90,7 +78,7 @@ def _user_xml(user: str, page: dict[str, dict[str, list[tuple]]]) -> str:
         out.append(f"      <query xmlns='{NS_PRIVATE}'>{''.join(data for _ns, data in private)}</query>\n")
     blocked = page["blocklist"].get(user)
     if blocked:
-        items = "".join(f"<item type='jid' value='{_attr(jid)}' action='deny' order='{n}'/>"
+        items = "".join(f"<item type='jid' value={quote(jid)} action='deny' order='{n}'/>"
                         for n, (jid,) in enumerate(blocked, 1))
         out.append(f"      <query xmlns='{NS_PRIVACY}'><default name='{BLOCKLIST_NAME}'/>"
                    f"<list name='{BLOCKLIST_NAME}'>{items}</list></query>\n")
@@ -130,7 +118,7 @@ async def export_database(db: Database, out: IO[bytes], *, domains: Iterable[str
         if domain != current:
             if current is not None:
                 out.write(b"  </host>\n")
-            out.write(f"  <host jid='{_attr(domain)}'>\n".encode())
+            out.write(f"  <host jid={quote(domain)}>\n".encode())
             current = domain
         out.write("".join(_user_xml(user, page) for user in users).encode("utf-8"))
         done += len(users)
