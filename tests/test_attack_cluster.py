@@ -12,7 +12,6 @@ import os
 import select
 import socket
 import ssl
-import threading
 import time
 import xml.etree.ElementTree as ET
 
@@ -22,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.clients.bosh import BoshClient
 from tests.clients.raw import RawClient
+from tests.support.attack import MAX_RTT, Pinger
 from tests.support.cluster import DOMAIN, ClusterFixture, CuttableLink, make_cluster, migrate
 from tests.support.process import wait_for_port
 from tests.support.server import free_port
@@ -30,33 +30,7 @@ from tests.support.waiting import wait_until
 PASSWORD = "attack pass"
 MESSAGE = "{jabber:client}message"
 BODY = "{jabber:client}body"
-#: The well-behaved client's ping round trip while an attack runs.
-MAX_RTT = 0.25
 T1, T2 = "t1.example.com", "t2.example.com"
-
-
-class Pinger:
-    """A client logged in on one node, pinging the server until told to stop; keeps every round trip."""
-
-    def __init__(self, cluster: ClusterFixture, node: str) -> None:
-        self.client = RawClient(cluster.nodes[node].ports["c2s"], domain=DOMAIN, ca_file=cluster.ca_file, timeout=30)
-        self.client.login("pinger", PASSWORD, "pinger")
-        self.rtts: list[float] = []
-        self.stop = threading.Event()
-
-    def run(self) -> list[float]:
-        try:
-            while not self.stop.is_set() or len(self.rtts) < 3:
-                started = time.monotonic()
-                ident = f"p{len(self.rtts)}"
-                self.client.send(f"<iq type='get' id='{ident}' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
-                while self.client.until("{jabber:client}iq").get("id") != ident:
-                    pass
-                self.rtts.append(time.monotonic() - started)
-                self.stop.wait(0.05)  # pacing, not synchronisation
-            return self.rtts
-        finally:
-            self.client.close()
 
 
 class ClusterAttackCase(TestCase):
@@ -91,7 +65,8 @@ class ClusterAttackCase(TestCase):
 
     async def under_attack(self, node: str, attack):
         """Run ``attack()`` in a thread while a client on ``node`` pings; (its result, the round trips)."""
-        pinger = await deferToThread(Pinger, self.cluster, node)
+        pinger = await deferToThread(Pinger, self.cluster.nodes[node].ports["c2s"], self.cluster.ca_file, "pinger",
+                                     PASSWORD, domain=DOMAIN)
 
         def attacking():
             try:

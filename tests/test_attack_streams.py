@@ -11,7 +11,6 @@ import os
 import ssl
 import sys
 import threading
-import time
 import xml.etree.ElementTree as ET
 
 from OpenSSL import SSL
@@ -22,6 +21,7 @@ from twisted.trial.unittest import TestCase
 from tests.clients.bosh import BoshClient
 from tests.clients.raw import SASL, Closed, RawClient, q
 from tests.clients.ws import FRAMING, WSClient
+from tests.support.attack import MAX_RTT, Pinger
 from tests.support.server import start_server
 from tests.support.slix import ca_file
 from xmppcluster.auth import mechanisms
@@ -31,7 +31,6 @@ PASSWORD = "pencil"
 CLIENT = "{jabber:client}"
 MiB = 1024 * 1024
 #: The well-behaved client's ping round trip while an attack runs (the issue's target).
-MAX_RTT = 0.25
 #: Growth of the node's peak RSS an attack may cause (docs/security.rst, "Client flow control").
 MAX_RSS_GROWTH = 64 * MiB
 
@@ -53,36 +52,6 @@ def reset_peak_rss() -> int:
     except OSError:  # pragma: no cover - then the growth is measured from the earlier peak
         return peak_rss()
     return peak_rss("VmRSS")
-
-
-class Pinger:
-    """A logged-in client that pings the server until told to stop, keeping every round trip."""
-
-    def __init__(self, port: int, ca: str, user: str) -> None:
-        self.client = RawClient(port, ca_file=ca, timeout=30)
-        self.client.login(user, PASSWORD, "pinger")
-        self.rtts: list[float] = []
-        self.stop = threading.Event()
-
-    def ping(self) -> float:
-        started = time.monotonic()
-        n = len(self.rtts)
-        self.client.send(f"<iq type='get' id='ping{n}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
-        while self.client.until(f"{CLIENT}iq").get("id") != f"ping{n}":
-            pass
-        rtt = time.monotonic() - started
-        self.rtts.append(rtt)
-        return rtt
-
-    def run(self) -> list[float]:
-        """Ping until ``stop`` is set (at least three times); the round trips."""
-        try:
-            while not self.stop.is_set() or len(self.rtts) < 3:
-                self.ping()
-                self.stop.wait(0.05)  # pacing, not synchronisation
-            return self.rtts
-        finally:
-            self.client.close()
 
 
 class AttackCase(TestCase):
@@ -133,7 +102,7 @@ class AttackCase(TestCase):
 
     async def under_attack(self, attack) -> tuple[object, list[float], int]:
         """Run ``attack()`` in a thread while carol pings; (its result, carol's round trips, peak RSS growth)."""
-        pinger = await deferToThread(Pinger, self.port, self.ca, "carol")
+        pinger = await deferToThread(Pinger, self.port, self.ca, "carol", PASSWORD)
         before = reset_peak_rss()
 
         def attacking():
@@ -382,7 +351,7 @@ class PlainOffReactorTests(AttackCase):
                 finished.set()
 
         self.patch(mechanisms, "verify_password", watched)
-        pinger = await deferToThread(Pinger, self.port, self.ca, "carol")
+        pinger = await deferToThread(Pinger, self.port, self.ca, "carol", PASSWORD)
 
         def scenario() -> tuple[bool, float, ET.Element]:
             client = self.client(direct_tls=True)

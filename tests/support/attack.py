@@ -25,21 +25,28 @@ PINGER_PASSWORD = "pinger-pass"
 
 
 class Pinger:
-    """A logged-in client that pings the server until told to stop, keeping every round trip."""
+    """A logged-in client that pings its server until told to stop, keeping every round trip.
 
-    def __init__(self, port: int, ca: str) -> None:
-        self.client = RawClient(port, ca_file=ca, timeout=30)
-        self.client.login(PINGER.partition("@")[0], PINGER_PASSWORD, "pinger")
+    The one well-behaved client of every attack test (single node and cluster)."""
+
+    def __init__(self, port: int, ca: str, user: str = PINGER.partition("@")[0], password: str = PINGER_PASSWORD,
+                 *, domain: str = "localhost") -> None:
+        self.domain = domain
+        self.client = RawClient(port, domain=domain, ca_file=ca, timeout=30)
+        self.client.login(user, password, "pinger")
         self.rtts: list[float] = []
         self.stop = threading.Event()
 
-    def ping(self) -> None:
+    def ping(self) -> float:
+        """One XEP-0199 round trip, in seconds (also kept in ``rtts``)."""
         started = time.monotonic()
         ident = f"ping{len(self.rtts)}"
-        self.client.send(f"<iq type='get' id='{ident}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.client.send(f"<iq type='get' id='{ident}' to='{self.domain}'><ping xmlns='urn:xmpp:ping'/></iq>")
         while self.client.until("{jabber:client}iq").get("id") != ident:
             pass
-        self.rtts.append(time.monotonic() - started)
+        rtt = time.monotonic() - started
+        self.rtts.append(rtt)
+        return rtt
 
     def run(self) -> list[float]:
         """Ping until ``stop`` is set, at least three times; the round trips."""
