@@ -82,7 +82,7 @@ class Registration(Module):
                 and self.config.vhost(domain).register)
 
     def stream_features(self, stream: Any, stage: str) -> list[domish.Element]:
-        if stage == "pre-auth" and _encrypted(stream) and self.serves(stream.domain):
+        if stage == "pre-auth" and self.serves(stream.domain) and _encrypted(stream):
             return [domish.Element((FEATURE, "register"))]
         return []
 

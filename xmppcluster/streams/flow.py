@@ -23,6 +23,8 @@ RATE = "rate"
 class _Valve:
     """What :class:`~xmppcluster.streams.throttle.ReadThrottle` takes for a transport: pausing goes via the gate."""
 
+    __slots__ = ("_gate", "_reason")
+
     def __init__(self, gate: InputGate, reason: str) -> None:
         self._gate = gate
         self._reason = reason
@@ -38,13 +40,15 @@ class InputGate:
     """``received(data)`` hands ``data`` to ``deliver`` unless input is paused; then it waits, in order.
 
     Deliveries never nest: a reason removed from inside ``deliver`` releases held input once the current
-    delivery returns.
+    delivery returns. One gate per connection, most of them idle: slots, and no queue until input waits.
     """
+
+    __slots__ = ("transport", "deliver", "held", "_reasons", "_stops", "_delivering", "_stopped")
 
     def __init__(self, transport: Any, deliver: Callable[[Any], None]) -> None:
         self.transport = transport
         self.deliver = deliver
-        self.held: deque[Any] = deque()
+        self.held: deque[Any] | None = None  # input read while paused (or during a delivery), in order
         self._reasons: set[str] = set()  # reasons to hold input
         self._stops: set[str] = set()  # reasons the transport is paused (the above, and the throttle's)
         self._delivering = False
@@ -61,6 +65,8 @@ class InputGate:
     def received(self, data: Any) -> None:
         if self._stopped:
             return
+        if self.held is None:
+            self.held = deque()
         self.held.append(data)
         self._pump()
 
@@ -83,7 +89,7 @@ class InputGate:
     def stop(self) -> None:
         """The stream is ending: forget held input and let the transport read again, so its close completes."""
         self._stopped = True
-        self.held.clear()
+        self.held = None
         self._reasons.clear()
         if self._stops:
             self._stops.clear()
@@ -99,6 +105,8 @@ class InputGate:
                 self.deliver(data)
             finally:
                 self._delivering = False
+        if not self.held:
+            self.held = None
 
     def _stop(self, reason: str) -> None:
         if self._stopped:
@@ -125,6 +133,9 @@ class OutputQueue:
     bytes beyond ``limit`` call ``on_overflow`` once.
     """
 
+    __slots__ = ("send", "limit", "on_pause", "on_resume", "on_overflow", "paused", "overflowed", "closed",
+                 "_input_stopped", "held", "held_bytes", "__weakref__")
+
     def __init__(self, send: Callable[[bytes], None], limit: int, *, on_pause: Callable[[], None],
                  on_resume: Callable[[], None], on_overflow: Callable[[], None]) -> None:
         self.send = send
@@ -136,7 +147,7 @@ class OutputQueue:
         self.overflowed = False
         self.closed = False
         self._input_stopped = False  # on_pause ran, on_resume not yet
-        self.held: deque[tuple[bytes, bool]] = deque()  # (data, is a stanza)
+        self.held: deque[tuple[bytes, bool]] | None = None  # (data, is a stanza); a queue only while paused
         self.held_bytes = 0
 
     def write(self, data: bytes, stanza: bool = False) -> None:
@@ -146,6 +157,8 @@ class OutputQueue:
         if not self.paused:
             self.send(data)
             return
+        if self.held is None:
+            self.held = deque()
         self.held.append((data, stanza))
         self.held_bytes += len(data)
         if self.held_bytes > self.limit and not self.overflowed:
@@ -159,7 +172,7 @@ class OutputQueue:
 
     def unsent_stanzas(self) -> list[bytes]:
         """Take the stanzas never handed to the transport (after the stream has ended)."""
-        held, self.held, self.held_bytes = self.held, deque(), 0
+        held, self.held, self.held_bytes = self.held or (), None, 0
         return [data for data, stanza in held if stanza]
 
     # -- IPushProducer: called by the transport --------------------------------------------------------
@@ -180,6 +193,8 @@ class OutputQueue:
             data, _stanza = self.held.popleft()
             self.held_bytes -= len(data)
             self.send(data)
+        if not self.held:
+            self.held = None
         if not self.paused:
             self._input_stopped = False
             self.on_resume()
