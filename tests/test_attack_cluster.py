@@ -22,9 +22,8 @@ from twisted.trial.unittest import TestCase
 from tests.clients.bosh import BoshClient
 from tests.clients.raw import RawClient
 from tests.support.attack import MAX_RTT, Pinger
-from tests.support.cluster import DOMAIN, ClusterFixture, CuttableLink, make_cluster, migrate
+from tests.support.cluster import DOMAIN, ClusterFixture, cuttable_cluster, make_cluster, migrate
 from tests.support.process import wait_for_port
-from tests.support.server import free_port
 from tests.support.waiting import wait_until
 
 PASSWORD = "attack pass"
@@ -233,11 +232,7 @@ class BoshForwardingTests(ClusterAttackCase):
     """BOSH requests reaching t2 for a session owned by t1 while the t1-t2 link is cut (M6)."""
 
     def make(self) -> ClusterFixture:
-        proxy_port = free_port()
-        cluster = make_cluster(self, 2, failure_timeout=30.0, via={(T1, T2): proxy_port})
-        self.proxy = CuttableLink(proxy_port, cluster.ports[T2]["cluster"])
-        self.proxy.heal()
-        self.addCleanup(self.proxy.cut)
+        cluster, self.proxy = cuttable_cluster(self, 2, (T1, T2), failure_timeout=30.0)
         return cluster
 
     async def cut(self) -> None:

@@ -16,8 +16,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.clients.bosh import BoshClient
 from tests.clients.raw import HEADER, STREAMS, Closed, RawClient, q
-from tests.support.cluster import DOMAIN, ClusterFixture, CuttableLink, make_cluster
-from tests.support.server import free_port, start_server
+from tests.support.cluster import DOMAIN, ClusterFixture, cuttable_cluster
+from tests.support.server import start_server
 from tests.support.slix import ca_file
 from tests.support.waiting import wait_until
 from tests.test_cluster import ClusterTestCase
@@ -164,11 +164,7 @@ class CrossNodeTests(ClusterTestCase):
     them is cut and healed (t1 sends its whole directory in <sync/>) the victim is still bound on both."""
 
     def make(self) -> ClusterFixture:
-        port = free_port()
-        cluster = make_cluster(self, 2, via={("t1.example.com", "t2.example.com"): port})
-        self.proxy = CuttableLink(port, cluster.ports["t2.example.com"]["cluster"])
-        self.proxy.heal()
-        self.addCleanup(self.proxy.cut)
+        cluster, self.proxy = cuttable_cluster(self, 2, ("t1.example.com", "t2.example.com"))
         return cluster
 
     def reach(self, sender: RawClient, victim: RawClient, full_jid: str) -> None:

@@ -8,7 +8,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.clients.raw import RawClient
-from tests.support.cluster import DOMAIN, ClusterFixture, make_cluster, migrate
+from tests.support.cluster import DOMAIN, ClusterFixture, cuttable_cluster, make_cluster, migrate
 from tests.support.waiting import wait_until
 
 PASSWORD = "cluster pass"
@@ -372,14 +372,7 @@ class PartitionTests(ClusterTestCase):
     nodes = 3
 
     def make(self) -> ClusterFixture:
-        from tests.support.cluster import CuttableLink
-        from tests.support.server import free_port
-
-        proxy_port = free_port()
-        cluster = make_cluster(self, 3, via={("t1.example.com", "t3.example.com"): proxy_port})
-        self.proxy = CuttableLink(proxy_port, cluster.ports["t3.example.com"]["cluster"])
-        self.proxy.heal()
-        self.addCleanup(self.proxy.cut)
+        cluster, self.proxy = cuttable_cluster(self, 3, ("t1.example.com", "t3.example.com"))
         return cluster
 
     def test_cut_and_heal_converges_and_routes_around(self) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from twisted.internet.threads import deferToThread
 
 from tests.clients.raw import RawClient
-from tests.support.cluster import DOMAIN, ClusterFixture, CuttableLink, make_cluster
-from tests.support.server import free_port
+from tests.support.cluster import DOMAIN, ClusterFixture, cuttable_cluster
 from tests.support.waiting import wait_until
 from tests.test_cluster import ClusterTestCase, ensure, roster_of, subscribe_both
 
@@ -62,12 +61,8 @@ class CutLinkCacheTests(ClusterTestCase):
     """t1 reaches t2 only through a proxy the test cuts and heals (t1 dials: its name sorts first)."""
 
     def make(self) -> ClusterFixture:
-        proxy_port = free_port()
         # A long failure timeout: the cut is a blip, sessions stay in the directories meanwhile.
-        cluster = make_cluster(self, 2, failure_timeout=30.0, via={(T1, T2): proxy_port})
-        self.proxy = CuttableLink(proxy_port, cluster.ports[T2]["cluster"])
-        self.proxy.heal()
-        self.addCleanup(self.proxy.cut)
+        cluster, self.proxy = cuttable_cluster(self, 2, (T1, T2), failure_timeout=30.0)
         return cluster
 
     def client(self, node: str, user: str, resource: str, *, priority: int | None = 0) -> RawClient:
@@ -160,11 +155,7 @@ class RelayedCacheEventTests(ClusterTestCase):
     nodes = 3
 
     def make(self) -> ClusterFixture:
-        proxy_port = free_port()
-        cluster = make_cluster(self, 3, via={(T1, T3): proxy_port})
-        self.proxy = CuttableLink(proxy_port, cluster.ports[T3]["cluster"])
-        self.proxy.heal()
-        self.addCleanup(self.proxy.cut)
+        cluster, self.proxy = cuttable_cluster(self, 3, (T1, T3))
         return cluster
 
     def test_block_during_a_cut_reaches_the_node_behind_it(self) -> None:

@@ -14,9 +14,8 @@ import os
 from twisted.internet.threads import deferToThread
 
 from tests.clients.raw import RawClient
-from tests.support.cluster import DOMAIN, ClusterFixture, CuttableLink, make_cluster, migrate
+from tests.support.cluster import DOMAIN, ClusterFixture, cuttable_cluster, migrate
 from tests.support.process import ROOT
-from tests.support.server import free_port
 from tests.support.waiting import wait_until
 from tests.test_cluster import PASSWORD, ClusterTestCase, ensure
 
@@ -30,11 +29,7 @@ time.time = lambda: _real() - 3600  # this node's wall clock is an hour behind
 
 class SkewedClockConflictTests(ClusterTestCase):
     def make(self) -> ClusterFixture:
-        proxy_port = free_port()
-        cluster = make_cluster(self, 2, failure_timeout=30.0, via={(T1, T2): proxy_port})
-        self.proxy = CuttableLink(proxy_port, cluster.ports[T2]["cluster"])
-        self.proxy.heal()
-        self.addCleanup(self.proxy.cut)
+        cluster, self.proxy = cuttable_cluster(self, 2, (T1, T2), failure_timeout=30.0)
         return cluster
 
     async def setUp(self) -> None:

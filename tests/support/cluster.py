@@ -11,6 +11,7 @@ import os
 import signal
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
@@ -168,6 +169,18 @@ def make_cluster(test: TestCase, count: int = 2, extra: str = "", *, heartbeat: 
         fixture.nodes[name] = Node(name, config, p)
     test.addCleanup(fixture.stop_all)
     return fixture
+
+
+def cuttable_cluster(test: TestCase, count: int, cut: tuple[str, str], **options: Any) -> tuple[ClusterFixture,
+                                                                                            CuttableLink]:
+    """``make_cluster`` where node ``cut[0]`` reaches node ``cut[1]`` only through a :class:`CuttableLink`
+    (up at first, cut again at cleanup); the other options go to ``make_cluster``."""
+    proxy_port = free_port()
+    cluster = make_cluster(test, count, via={cut: proxy_port}, **options)
+    proxy = CuttableLink(proxy_port, cluster.ports[cut[1]]["cluster"])
+    proxy.heal()
+    test.addCleanup(proxy.cut)
+    return cluster, proxy
 
 
 async def migrate(fixture: ClusterFixture) -> None:
