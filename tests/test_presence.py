@@ -75,6 +75,22 @@ class PresenceTestsMixin(IMHarness):
         self.assertEqual(bob3.presences("subscribe"), [])
         self.assertIsNone(await self.item(bob3, A))  # a denied stranger leaves no item
 
+    async def test_unreadable_stored_request_is_skipped_and_logged_once(self) -> None:
+        """A damaged pending row: the others are still delivered, one error line names it, no traceback."""
+        await self.start()
+        alice = await self.login(A)
+        carol = await self.login(C)
+        await alice.presence(B, "subscribe")
+        await carol.presence(B, "subscribe")
+        await self.storage.db.execute("UPDATE roster_pending SET stanza = ? WHERE contact = ?", ("<presence", A))
+        errors: list[dict] = []
+        self.server.modules["presence"].log.observer = errors.append
+        bob = await self.login(B)
+        await bob.presence()
+        self.assertEqual(attrs(bob.presences("subscribe")), [(C, B, "subscribe")])
+        self.assertEqual([e["contact"] for e in errors if e.get("log_level").name == "error"], [A])
+        self.assertFalse(any(e.get("log_failure") for e in errors))
+
     async def test_duplicate_request_not_delivered_twice(self) -> None:
         await self.start()
         alice = await self.login(A)

@@ -30,7 +30,7 @@ from xmppcluster.core.events import (
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.serializer import serialize
 from xmppcluster.core.stanza import copy
-from xmppcluster.core.xml import reparse
+from xmppcluster.core.xml import StreamFault, reparse
 from xmppcluster.modules.base import Module, hook
 from xmppcluster.modules.roster import RosterModule, split_bare
 from xmppcluster.modules.subscription import KINDS, SUBSCRIBE, SUBSCRIBED, Transition, inbound, outbound
@@ -268,6 +268,9 @@ class Presence(Module):
         assert self.roster.store is not None
         for contact, xml in (await self.roster.store.pending(*split_bare(bare))).items():
             try:
-                session.deliver(reparse(xml))
-            except Exception:
-                self.log.failure("stored subscription request from {contact} is unreadable", contact=contact)
+                stanza = reparse(xml)
+            except StreamFault as fault:  # a damaged row: say which, once, without a traceback
+                self.log.error("stored subscription request from {contact} is unreadable: {fault}",
+                               contact=contact, fault=fault)
+                continue
+            session.deliver(stanza)
