@@ -174,9 +174,6 @@ class ClientConnection(Protocol):
         # Output still held is not sent: its stanzas are routed again once the stream has ended. The
         # error and the close go behind what the transport holds; a client that never reads them is dropped.
         self.transport.write((serialize(error) if error is not None else b"") + _CLOSE)
-        # Nothing more is produced: a TLS transport sends close_notify and closes only once no producer is
-        # registered (otherwise every TLS close waited for the drop below).
-        self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._drop = self.server.clock.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
 
