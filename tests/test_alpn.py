@@ -245,13 +245,15 @@ class ReloadTests(ALPNTestCase):
 
 
 def exchange(port: int, alpn: list[str], request: bytes, ca_file: str) -> tuple[str | None, bytes]:
-    """Direct TLS offering ``alpn``, send ``request``, read until the server closes: (selected ALPN, answer)."""
+    """Direct TLS offering ``alpn``, send ``request``, read until the server closes or ends the stream:
+    (selected ALPN, answer)."""
     with _tls(port, None, alpn, ca_file) as tls:
         selected = tls.selected_alpn_protocol()
         tls.sendall(request)
         answer = b""
         try:
-            while data := tls.recv(65536):
+            # Until the server closes, or ends the XMPP stream (its TLS close can wait for the drop timer).
+            while b"</stream:stream>" not in answer and (data := tls.recv(65536)):
                 answer += data
         except (ssl.SSLError, ConnectionResetError):
             pass
