@@ -201,6 +201,20 @@ class SlowReaderTests(AttackCase):
         self.assertEqual(ids, [f"v{n}" for n in range(200)])
         self.assertBehaved(rtts, growth)
 
+    def flood_bob(self, count: int) -> list[str]:
+        """Alice sends ``count`` 4 KB messages to bob/victim; the ids bounced to her, once all are routed."""
+        flooder = self.client()
+        flooder.login("alice", PASSWORD, "flooder")
+        body = "y" * 4000
+        for n in range(count):
+            flooder.send(f"<message to='bob@localhost/victim' type='chat' id='m{n}'><body>{body}</body></message>")
+        flooder.send("<iq type='get' id='barrier' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        errors = []
+        while (element := flooder.next()).get("id") != "barrier":  # all routed once the ping is answered
+            if element.tag == f"{CLIENT}message" and element.get("type") == "error":
+                errors.append(element.get("id"))
+        return errors
+
     def flood_victim(self, count: int, websocket: bool = False) -> tuple[str | None, list[str], list[str]]:
         """Alice floods bob, who reads nothing until his stream is closed; then he reads what he was sent."""
         closed = self.unbound("resource-constraint")
@@ -210,19 +224,7 @@ class SlowReaderTests(AttackCase):
         else:
             victim = self.client()
             victim.login("bob", PASSWORD, "victim")
-        flooder = self.client()
-        flooder.login("alice", PASSWORD, "flooder")
-        body = "y" * 4000
-        for n in range(count):
-            flooder.send(f"<message to='bob@localhost/victim' type='chat' id='m{n}'><body>{body}</body></message>")
-        flooder.send("<iq type='get' id='barrier' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
-        errors = []
-        while True:  # every message has been routed once the ping is answered
-            element = flooder.next()
-            if element.tag == f"{CLIENT}message" and element.get("type") == "error":
-                errors.append(element.get("id"))
-            if element.get("id") == "barrier":
-                break
+        errors = self.flood_bob(count)
         if not closed.wait(30):
             raise AssertionError("the stream of a client that never reads was not closed")
         received, condition = [], None
@@ -281,16 +283,7 @@ class SlowReaderTests(AttackCase):
         url = f"https://localhost:{self.running.ports['bosh']['ssl']}/http-bind"
         victim = BoshClient("localhost", ssl.create_default_context(cafile=self.ca))
         victim.login([url], "bob", PASSWORD, "victim")  # and no request waits from now on
-        flooder = self.client()
-        flooder.login("alice", PASSWORD, "flooder")
-        body = "y" * 4000
-        for n in range(count):
-            flooder.send(f"<message to='bob@localhost/victim' type='chat' id='m{n}'><body>{body}</body></message>")
-        flooder.send("<iq type='get' id='barrier' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
-        errors = []
-        while (element := flooder.next()).get("id") != "barrier":
-            if element.tag == f"{CLIENT}message" and element.get("type") == "error":
-                errors.append(element.get("id"))
+        errors = self.flood_bob(count)
         queued = self.running.server.sessions.get("bob@localhost", "victim").stream.transport.queued_bytes
         received: list[str] = []
         while len(received) + len(errors) < count:
