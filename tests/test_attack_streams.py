@@ -25,7 +25,7 @@ from tests.support.attack import MAX_RTT, Pinger
 from tests.support.server import start_server
 from tests.support.slix import ca_file
 from xmppcluster.auth import mechanisms
-from xmppcluster.streams import core
+from xmppcluster.streams import core, tcp
 
 PASSWORD = "pencil"
 CLIENT = "{jabber:client}"
@@ -301,6 +301,28 @@ class SlowReaderTests(AttackCase):
         self.assertGreater(len(errors), 0)
         self.assertEqual(sorted(received + errors, key=lambda i: int(i[1:])), [f"m{n}" for n in range(count)])
         self.assertBehaved(rtts, growth)
+
+
+class TLSCloseTests(AttackCase):
+    """A stream the server ends over TLS is closed at once (close_notify), not left to the drop timer."""
+
+    async def test_stream_error_over_tls_closes_the_connection(self) -> None:
+        self.patch(tcp, "CLOSE_TIMEOUT", 120.0)  # only a prompt close can beat the client's timeout below
+
+        def provoke() -> tuple[str | None, bool]:
+            client = self.client(direct_tls=True)
+            client.open()
+            client.sock.settimeout(5)
+            client.send(b"<not well formed")
+            client.send(b"</>")
+            try:
+                return client.error_condition(), True
+            except (TimeoutError, SSL.WantReadError):  # still open 5 s after the error
+                return None, False
+
+        condition, closed = await deferToThread(provoke)
+        self.assertTrue(closed, "the connection stayed open after the stream error")
+        self.assertEqual(condition, "not-well-formed")
 
 
 class OfflineToReadingClientTests(AttackCase):

@@ -14,6 +14,9 @@ from xmppcluster.core.tls import CertificateStore
 
 log = Logger()
 
+#: Seconds closing client connections get at shutdown to flush their last bytes before they are dropped.
+SHUTDOWN_FLUSH = 1.0
+
 
 class ServerService(service.MultiService):
     """Opens storage, builds the server, then starts the listeners; stops them in reverse."""
@@ -115,10 +118,21 @@ class ServerService(service.MultiService):
         bosh_sessions(server).shutdown()
         for stream in list(server.streams):
             stream.fail("system-shutdown")
+        await self._close_connections(server)
         if server.cluster is not None:
             await server.cluster.stop()
         await server.stop()
         await server.storage.close()
+
+    async def _close_connections(self, server: Any) -> None:
+        """Give closing connections a moment to flush their stream error, then drop those that remain (a
+        client that never answers our close does not hold the shutdown)."""
+        from xmppcluster.streams.tcp import abort_closing, closing_count
+
+        deadline = self.reactor.seconds() + SHUTDOWN_FLUSH
+        while closing_count(server) and self.reactor.seconds() < deadline:
+            await task.deferLater(self.reactor, 0.02, lambda: None)
+        abort_closing(server)
 
     async def _drain(self, server: Any) -> None:
         """Send every client to a live node (see-other-host / see-other-uri), then wait for them to go."""

@@ -5,6 +5,7 @@ This module only frames: bytes → hardened parser → stream core, and elements
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IProtocolNegotiationFactory
@@ -36,6 +37,21 @@ _CLOSE = b"</stream:stream>"
 _STREAM_XMLNS = {"xmlns": ns.CLIENT, "xmlns:stream": ns.STREAMS}
 #: Seconds a closing connection has to flush its output before it is dropped (a client that does not read).
 CLOSE_TIMEOUT = 10.0
+#: server -> its connections that are closing (flushing, or waiting for the client's TLS close_notify).
+_closing: weakref.WeakKeyDictionary[Any, set[ClientConnection]] = weakref.WeakKeyDictionary()
+
+
+def closing_count(server: XMPPServer) -> int:
+    """How many connections of ``server`` are closing."""
+    return len(_closing.get(server, ()))
+
+
+def abort_closing(server: XMPPServer) -> int:
+    """Drop at once every connection of ``server`` still closing (at shutdown); returns how many."""
+    connections = _closing.pop(server, set())
+    for connection in connections:
+        connection.transport.abortConnection()
+    return len(connections)
 
 
 def serialize(element: domish.Element) -> bytes:
@@ -111,6 +127,7 @@ class ClientConnection(Protocol):
             stream.transport_failed(fault.condition, fault.text)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        _closing.get(self.server, set()).discard(self)
         for timer in (self._keepalive, self._drop):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -174,7 +191,11 @@ class ClientConnection(Protocol):
         # Output still held is not sent: its stanzas are routed again once the stream has ended. The
         # error and the close go behind what the transport holds; a client that never reads them is dropped.
         self.transport.write((serialize(error) if error is not None else b"") + _CLOSE)
+        # Nothing more is produced: a TLS transport sends close_notify and closes only once no producer is
+        # registered (otherwise every TLS close waited for the drop below).
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
+        _closing.setdefault(self.server, set()).add(self)
         self._drop = self.server.clock.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
 
     def _output_overflow(self) -> None:
