@@ -47,6 +47,7 @@ from xmppcluster.config.sections import (
     PeerSettings,
     Quotas,
     VhostSettings,
+    WebChatSettings,
     WebSocketSettings,
 )
 
@@ -116,6 +117,7 @@ class Config:
     peers: PeerSettings = field(init=False, repr=False, compare=False)
     bosh: BoshSettings = field(init=False, repr=False, compare=False)
     websocket: WebSocketSettings = field(init=False, repr=False, compare=False)
+    webchat: WebChatSettings = field(init=False, repr=False, compare=False)
     cluster: ClusterSettings = field(init=False, repr=False, compare=False)
     _vhosts: dict[str, VhostSettings] = field(init=False, repr=False, compare=False)
 
@@ -129,6 +131,7 @@ class Config:
         self.peers = PeerSettings.from_values(get)
         self.bosh = BoshSettings.from_values(get)
         self.websocket = WebSocketSettings.from_values(get)
+        self.webchat = WebChatSettings.from_values(get, self.virt_hosts)
         self.cluster = ClusterSettings.from_values(get)
         self._vhosts = {domain: VhostSettings.from_options(lambda name, d=domain: self.vhost_option(d, name))
                         for domain in [*self.virt_hosts, ""]}  # "": a domain not hosted gets the global defaults
@@ -273,7 +276,7 @@ class _Builder:
                 domain = canon[1].rsplit("/", 1)[0].lower()
                 if domain not in virt_hosts:
                     raise self.fail(canon, f"a domain listed in --virt-hosts ({', '.join(virt_hosts)})")
-                for item in items:
+                for item in items if canon[1].endswith("/sm-plugins") else ():
                     if not re.fullmatch(r"[+-][A-Za-z0-9][A-Za-z0-9:._#-]*", item):
                         raise self.fail(canon, f"+name or -name entries (bad entry {_quote(item)})")
         admins = []

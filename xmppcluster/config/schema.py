@@ -322,6 +322,20 @@ register("cl-comp", "handshake-timeout", "F", 5.0,
 register("vhost-man", "<domain>/sm-plugins", "s", [],
          "Per-vhost module selection (``+name``/``-name``) on top of ``--sm-plugins``, e.g. "
          "``vhost-man/example.org/sm-plugins[s]=-vcard-temp``.")
+register(G, "webchat", "B", True,
+         "Serve the web chat (Converse.js) at ``/chat`` on the BOSH and WebSocket ports; per domain: "
+         "``vhost-man/<domain>/webchat``.")
+register(G, "webchat-title", "S", "Web chat", "Title of the web chat page; per domain: "
+         "``vhost-man/<domain>/webchat-title``.")
+register(G, "webchat-dir", "S", "webchat",
+         "Directory the web chat's Converse.js files are installed in (``xmppcluster install-webchat``).")
+register(G, "webchat-endpoints", "s", [],
+         "URLs the web chat connects to instead of the live nodes' own (``wss://`` and ``https://``), e.g. the "
+         "reverse proxy's ``wss://chat.example.com/xmpp-websocket,https://chat.example.com/http-bind``.")
+register("vhost-man", "<domain>/webchat", "B", None, "Per-vhost on/off of the web chat (default ``--webchat``).",
+         default_doc="--webchat")
+register("vhost-man", "<domain>/webchat-title", "S", None,
+         "Per-vhost title of the web chat page (default ``--webchat-title``).", default_doc="--webchat-title")
 register("bosh", "send-node-hostname", "B", True,
          "Send this node's name as ``host`` in the session-creation response, so clients reach the same node.")
 register("bosh", "max-wait", "I", 30, "Longest ``wait`` granted to a client, in seconds.", minimum=1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["AuthSettings", "BoshSettings", "ClusterSettings", "Limits", "PeerSettings", "Quotas",
-           "VhostSettings", "WebSocketSettings"]
+           "VhostSettings", "WebChatSettings", "WebSocketSettings"]
 
 #: ``get(component, key)``: the typed value of a registered setting (the default when unset).
 Getter = Callable[[str, str], Any]
@@ -180,3 +180,32 @@ class VhostSettings:
         """From ``option(name)``: the vhost's own value of ``anon``, ``register``... or its global default."""
         return cls(anonymous=bool(option("anon")), register=bool(option("register")),
                    max_users=int(option("max-users") or 0), tls_required=bool(option("tls-required")))
+
+
+@dataclass(frozen=True)
+class WebChatSettings:
+    """The web chat at ``/chat``: on/off and title per domain, where its Converse.js files are, endpoints."""
+
+    enabled: bool = True
+    title: str = "Web chat"
+    directory: str = "webchat"
+    endpoints: tuple[str, ...] = ()  # URLs offered instead of the live nodes' own (a reverse proxy)
+    per_domain: tuple[tuple[str, bool, str], ...] = ()  # (domain, enabled, title) of each hosted domain
+
+    @classmethod
+    def from_values(cls, get: Getter, domains: list[str]) -> WebChatSettings:
+        enabled, title = bool(get("--", "webchat")), get("--", "webchat-title")
+        own = []
+        for domain in domains:
+            on = get("vhost-man", f"{domain.lower()}/webchat")
+            named = get("vhost-man", f"{domain.lower()}/webchat-title")
+            own.append((domain.lower(), enabled if on is None else bool(on), title if named is None else named))
+        return cls(enabled=enabled, title=title, directory=get("--", "webchat-dir"),
+                   endpoints=tuple(get("--", "webchat-endpoints")), per_domain=tuple(own))
+
+    def for_domain(self, domain: str) -> tuple[bool, str]:
+        """(enabled, title) of ``domain``; the global values for a domain not hosted."""
+        for name, enabled, title in self.per_domain:
+            if name == domain.lower():
+                return enabled, title
+        return self.enabled, self.title

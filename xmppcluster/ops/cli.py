@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("cluster-status", help="show the cluster's nodes, links and sessions")
 
+    sub = commands.add_parser("install-webchat", help="install the web chat's Converse.js files (needs npm)")
+    sub.add_argument("--webchat-dir", metavar="DIR", help="where (default: --webchat-dir of the configuration)")
+
     sub = commands.add_parser("check-config", help="validate the configuration and print the listeners")
     sub.add_argument("file", nargs="?", help="file to check (default: --config)")
     return parser
@@ -76,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from xmppcluster.ops import provision
 
         return provision.import_main(args) if args.command == "import" else provision.export_main(args)
+    if args.command == "install-webchat":
+        from xmppcluster.ops.webchat import install_main
+
+        return install_main(args.config, args.webchat_dir)
     if args.command == "reload-certs":
         from xmppcluster.ops.reload import reload_certs_main
 

@@ -98,6 +98,9 @@ def build_site(server: XMPPServer, listener: Listener) -> Site:
     from xmppcluster.ops.hostmeta import mount
 
     mount(root, server)  # /.well-known/host-meta[.json] (XEP-0156)
+    from xmppcluster.ops import webchat
+
+    webchat.mount(root, server, listener)  # /chat (Converse.js) and / redirecting there
     site = XmppSite(root)
     site.xmpp, site.port = server, listener.port
     # Stop storing a request body once it passes the BOSH limit (the stanza limit bounds WebSocket).

@@ -1,0 +1,140 @@
+// xmppcluster web chat: starts Converse.js on a live node chosen at random (served as /chat/app.js).
+//
+// config.json (from the node that served this page) lists the live nodes with their WebSocket and BOSH URLs.
+// The page connects to one node at random over WebSocket (BOSH when the node has no WebSocket URL, or when
+// Converse falls back after a failed WebSocket).  When the connection drops (the node was drained with a
+// see-other-uri, or died), the next attempt goes to another node: the plugin below changes the URL just
+// before Converse reconnects.  The node list is read again every minute while the page is open.
+// No inline script anywhere: the page's Content-Security-Policy allows scripts from this origin only.
+
+"use strict";
+
+(function () {
+  const status = document.getElementById("xc-status");
+  const say = (text) => { if (status) status.textContent = text; };
+  const state = { nodes: [], current: null, connectedTo: null, moves: 0 };
+  window.xmppclusterWebchat = state; // for people (and tests) looking at the page
+
+  function params() {
+    const domain = new URLSearchParams(window.location.search).get("domain");
+    return domain ? "?domain=" + encodeURIComponent(domain) : "";
+  }
+
+  async function readConfig() {
+    const answer = await fetch("config.json" + params(), { cache: "no-store", credentials: "omit" });
+    if (!answer.ok) throw new Error("config.json: HTTP " + answer.status);
+    return answer.json();
+  }
+
+  function usable(node) { return node.websocket.length > 0 || node.bosh.length > 0; }
+
+  function pick(exclude) {
+    const all = state.nodes.filter(usable);
+    const others = all.filter((node) => !exclude || node.name !== exclude);
+    const from = others.length ? others : all;
+    return from.length ? from[Math.floor(Math.random() * from.length)] : null;
+  }
+
+  function urlOf(node, kind) {
+    const list = node[kind] || [];
+    return list.length ? list[0] : null;
+  }
+
+  function fromSeeOtherUri(uri) {
+    // A see-other-uri names a node's endpoint: the node whose URL it is, if listed.
+    return state.nodes.find((node) => node.websocket.includes(uri) || node.bosh.includes(uri)) || null;
+  }
+
+  async function refresh() {
+    try {
+      const config = await readConfig();
+      if (config.nodes && config.nodes.length) state.nodes = config.nodes;
+    } catch (e) {
+      // The node that served the page may be gone: keep the list we have.
+    }
+  }
+
+  function plugin(settings) {
+    return {
+      initialize() {
+        const { api } = this._converse;
+        api.listen.on("will-reconnect", () => {
+          const connection = api.connection.get();
+          const previous = state.current ? state.current.name : null;
+          const seen = connection && connection.service ? fromSeeOtherUri(connection.service) : null;
+          const next = seen && seen.name !== previous ? seen : pick(previous);
+          state.connectedTo = null;
+          if (!next || !connection) return;
+          state.current = next;
+          state.moves += 1;
+          const ws = urlOf(next, "websocket");
+          const bosh = urlOf(next, "bosh");
+          api.settings.set("websocket_url", ws || undefined);
+          api.settings.set("bosh_service_url", bosh || undefined);
+          const overWebSocket = api.connection.isType("websocket");
+          connection.service = (overWebSocket ? ws : bosh) || ws || bosh;
+          say(settings.title + ": reconnecting to " + next.name);
+        });
+        const connected = () => {
+          // Strophe follows a see-other-uri on its own: the node is the one whose URL the connection uses.
+          const connection = api.connection.get();
+          const node = (connection && fromSeeOtherUri(connection.service)) || state.current;
+          state.current = node;
+          state.connectedTo = node.name;
+          say(settings.title + ": connected to " + node.name);
+        };
+        api.listen.on("connected", connected);
+        api.listen.on("reconnected", connected);
+        api.listen.on("disconnected", () => { state.connectedTo = null; say(settings.title + ": disconnected"); });
+      },
+    };
+  }
+
+  async function start() {
+    let config;
+    try {
+      config = await readConfig();
+    } catch (e) {
+      say("The web chat could not read its configuration (" + e.message + ").");
+      return;
+    }
+    state.nodes = config.nodes || [];
+    // ?node=NAME pins the first node (support, tests); otherwise one at random.
+    const wanted = new URLSearchParams(window.location.search).get("node");
+    state.current = state.nodes.find((node) => node.name === wanted && usable(node)) || pick(null);
+    if (!state.current) {
+      say(config.title + ": no node offers a WebSocket or BOSH endpoint this page may use.");
+      return;
+    }
+    document.title = config.title;
+    say(config.title + ": connecting to " + state.current.name);
+    window.converse.plugins.add("xmppcluster-nodes", plugin(config));
+    const websocketUrl = urlOf(state.current, "websocket");
+    const boshUrl = urlOf(state.current, "bosh");
+    window.converse.initialize({
+      assets_path: new URL("dist/", window.location.href).href.replace(/\/$/, ""),
+      authentication: "login",
+      auto_login: false,
+      auto_reconnect: true,
+      allow_non_roster_messaging: true,
+      allow_registration: false,
+      blacklisted_plugins: ["converse-omemo", "converse-omemo-views", "converse-push"],
+      bosh_service_url: boshUrl || undefined,
+      websocket_url: websocketUrl || undefined,
+      connection_options: { worker: false },
+      default_domain: config.domain,
+      discover_connection_methods: false,
+      i18n: "en",
+      loglevel: "warn",
+      play_sounds: false,
+      show_connection_url_input: false,
+      theme: "classic",
+      view_mode: "fullscreen",
+      whitelisted_plugins: ["xmppcluster-nodes"],
+    });
+    window.setInterval(refresh, 60000);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
