@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.support.certs import make_ca, make_cert
-from xmppcluster.s2s.connect import ConnectError, connect_first, endpoint_for
+from xmppcluster.s2s.connect import ConnectError, close_connection, connect_first, endpoint_for
 from xmppcluster.s2s.resolve import (
     DEFAULT_PORT,
     NotFound,
@@ -458,8 +458,12 @@ class Client(Protocol):
     """Client side: fires ``ready`` on the first bytes from the server (after the handshake with TLS)."""
 
     def __init__(self) -> None:
+        self.made: Deferred = Deferred()
         self.ready: Deferred = Deferred()
         self.lost = when_lost(self)
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
 
     def handshakeCompleted(self) -> None:
         pass
@@ -494,6 +498,9 @@ class RealSocketTests(DNSServerMixin, TestCase):
         self.addCleanup(lambda: defer.ensureDeferred(stop()))
         return port.getHost().port, factory
 
+    def setUp(self) -> None:
+        self.clients: dict[Target, Client] = {}
+
     def refused_port(self) -> int:
         port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         number = port.getHost().port
@@ -509,6 +516,7 @@ class RealSocketTests(DNSServerMixin, TestCase):
 
         def attempt(target: Target) -> Deferred:
             client = Client()
+            self.clients[target] = client
             self.addCleanup(self.close_client, client)
             endpoint = endpoint_for(reactor, target, tls_options, timeout=5.0, resolver=resolver)
 
@@ -559,10 +567,25 @@ class RealSocketTests(DNSServerMixin, TestCase):
         silent_port, silent = self.listen(greet=False)
         greeting_port, greeting = self.listen()
         found = [Target("127.0.0.1", silent_port, False), Target("127.0.0.1", greeting_port, False)]
-        target, _client = await connect_first(reactor, found, self.connect_one(), stagger=0.05)
+        plain, closed = self.connect_one(), []
+
+        async def after_the_first_connected(target: Target) -> Client:
+            await silent.accepted
+            await self.clients[found[0]].made
+            return await plain(target)
+
+        def connect_one(target: Target) -> Deferred:
+            return plain(target) if target == found[0] else defer.ensureDeferred(after_the_first_connected(target))
+
+        def close(connection) -> None:
+            closed.append(connection)
+            close_connection(connection)
+
+        target, _client = await connect_first(reactor, found, connect_one, stagger=0.05, close=close)
         self.assertEqual(target, found[1])
-        loser = await silent.accepted
-        await loser.lost  # the silent server's connection was closed by connect_first
+        # The first attempt was connected but not greeted when the second won: closed by connect_first.
+        self.assertEqual(closed, [self.clients[found[0]]])
+        await silent.connections[0].lost
         self.assertEqual(len(greeting.connections), 1)
 
     async def test_srv_and_address_records_from_dns_end_to_end(self) -> None:
