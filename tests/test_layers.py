@@ -2,7 +2,7 @@
 
 Every import counts, lazy ones inside functions too; only ``if TYPE_CHECKING:`` blocks are left out (they
 never run). Packages are the nodes: ``core``, ``streams``, ``modules``, ``auth``, ``storage``, ``cluster``,
-``config``, ``ops``.
+``config``, ``ops``, ``s2s``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "xmppcluster"
 
 #: Package -> packages it must never import (directly or lazily).
 FORBIDDEN = {
-    "core": {"streams", "modules", "cluster", "ops", "storage"},
-    "streams": {"cluster", "modules", "ops"},
-    "modules": {"streams", "cluster", "ops"},
-    "auth": {"streams", "modules", "cluster", "ops"},
-    "storage": {"streams", "modules", "cluster", "ops", "core"},
-    "cluster": {"modules", "ops"},
-    "config": {"core", "streams", "modules", "auth", "storage", "cluster", "ops"},
+    "core": {"streams", "modules", "cluster", "ops", "storage", "s2s"},
+    "streams": {"cluster", "modules", "ops", "s2s"},
+    "modules": {"streams", "cluster", "ops", "s2s"},
+    "auth": {"streams", "modules", "cluster", "ops", "s2s"},
+    "storage": {"streams", "modules", "cluster", "ops", "core", "s2s"},
+    "cluster": {"modules", "ops", "s2s"},
+    "config": {"core", "streams", "modules", "auth", "storage", "cluster", "ops", "s2s"},
+    "s2s": {"modules", "cluster", "ops", "storage"},
 }
 
 

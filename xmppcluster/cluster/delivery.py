@@ -45,12 +45,17 @@ class Delivery:
         self.outbox: dict[str, deque[tuple[int, bytes, str, str]]] = {}
         self.sent: dict[str, int] = {}  # routed frames sent per link (the peer numbers them alike)
         self.waiting: dict[str, list[tuple[bytes, str, bool]]] = {}  # (stanza UTF-8, jid, kept) per unreachable node
+        # Totals since start and the last acknowledgement per link, read by the metrics (ops/metrics.py).
+        self.routed_out = 0  # stanzas written on a link (to the peer or through it)
+        self.routed_in = 0  # routed frames received (delivered here or relayed)
+        self.acked: dict[str, int] = {}  # per link: the peer's last ``h`` (frames it took care of)
 
     # -- links -------------------------------------------------------------------------------------
 
     def link_up(self, peer: str) -> None:
         """A new link to ``peer``: numbering starts again; what waited for the node is sent."""
         self.sent[peer] = 0
+        self.acked[peer] = 0
         self.outbox[peer] = deque()
         for body, jid, keep in self.waiting.pop(peer, []):
             self.route(peer, body, jid, keep)
@@ -74,6 +79,7 @@ class Delivery:
 
     def acknowledged(self, peer: str, count: int) -> None:
         """``peer`` has taken care of the first ``count`` routed frames of this link: forget them."""
+        self.acked[peer] = count
         outbox = self.outbox.get(peer)
         while outbox and outbox[0][0] <= count:
             outbox.popleft()
@@ -94,6 +100,7 @@ class Delivery:
                 return
             peer = via.peer
             self.sent[peer] += 1
+            self.routed_out += 1
             if keep:
                 self.outbox[peer].append((self.sent[peer], body, jid, node))
             via.send_routed("" if via is link else node, jid, body)
@@ -116,6 +123,7 @@ class Delivery:
         Returns None when the stanza is taken care of (written to a live client transport, relayed, routed
         elsewhere or answered with an error), or a Deferred firing once its offline store is over: the
         frame is acknowledged only then. Whatever goes wrong with it, the stanza is answered, never raised."""
+        self.routed_in += 1
         if not body:
             return None
         if target and target != self.cluster.name:

@@ -46,9 +46,11 @@ from xmppcluster.config.sections import (
     Limits,
     PeerSettings,
     Quotas,
+    S2SSettings,
     VhostSettings,
     WebChatSettings,
     WebSocketSettings,
+    parse_host_port,
 )
 
 __all__ = ["ClusterNode", "Config", "Listener", "check_config_main", "load", "parse_text"]
@@ -114,6 +116,7 @@ class Config:
     limits: Limits = field(init=False, repr=False, compare=False)
     auth: AuthSettings = field(init=False, repr=False, compare=False)
     quotas: Quotas = field(init=False, repr=False, compare=False)
+    s2s: S2SSettings = field(init=False, repr=False, compare=False)
     peers: PeerSettings = field(init=False, repr=False, compare=False)
     bosh: BoshSettings = field(init=False, repr=False, compare=False)
     websocket: WebSocketSettings = field(init=False, repr=False, compare=False)
@@ -128,6 +131,7 @@ class Config:
         self.limits = Limits.from_values(get)
         self.auth = AuthSettings.from_values(get)
         self.quotas = Quotas.from_values(get)
+        self.s2s = S2SSettings.from_values(get)
         self.peers = PeerSettings.from_values(get)
         self.bosh = BoshSettings.from_values(get)
         self.websocket = WebSocketSettings.from_values(get)
@@ -259,6 +263,22 @@ class _Builder:
         previous = self.where.get(canon)
         if previous is not None:
             self.warnings.append(f"{self._loc(entry)}: key {_quote(setting.name)} set again "
+    def _check_s2s(self) -> None:
+        """``s2s/hosts`` entries are ``domain=host[:port][:tls]``; ``s2s/dns-servers`` entries ``host[:port]``."""
+        for entry in self.get("hosts", "s2s"):
+            domain, equals, address = entry.partition("=")
+            try:
+                if not equals or not domain.strip():
+                    raise ValueError(f"domain=host[:port][:tls] entries (bad element {_quote(entry)})")
+                parse_host_port(address, 5269)
+            except ValueError as e:
+                raise self.fail(("s2s", "hosts"), str(e)) from None
+        for entry in self.get("dns-servers", "s2s"):
+            try:
+                parse_host_port(entry, 53)
+            except ValueError as e:
+                raise self.fail(("s2s", "dns-servers"), str(e)) from None
+
                                  f"(replaces {self._loc(previous)})")
         self.values[canon] = value
         self.where[canon] = entry
@@ -277,6 +297,7 @@ class _Builder:
                 if domain not in virt_hosts:
                     raise self.fail(canon, f"a domain listed in --virt-hosts ({', '.join(virt_hosts)})")
                 for item in items if canon[1].endswith("/sm-plugins") else ():
+        self._check_s2s()
                     if not re.fullmatch(r"[+-][A-Za-z0-9][A-Za-z0-9:._#-]*", item):
                         raise self.fail(canon, f"+name or -name entries (bad entry {_quote(item)})")
         admins = []

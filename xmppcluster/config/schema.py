@@ -359,6 +359,14 @@ register("ws2s", "ping-interval", "I", 30, "Seconds between WebSocket pings on a
 register("ws2s", "idle-timeout", "I", 600, "Seconds without traffic before a WebSocket is closed.", minimum=1)
 register("ws2s", "consider-secure", "B", False,
          "Treat every WebSocket on the ws2s ports as encrypted (TLS ends at a proxy that sends no scheme header).")
+register(G, "metrics-port", "I", 0,
+         "Port of the operators' HTTP listener: ``/metrics`` (OpenMetrics for Prometheus) and ``/status`` "
+         "(0 = off; docs/metrics.rst).", minimum=0, maximum=65535)
+register(G, "metrics-ifc", "s", ["127.0.0.1"],
+         "Interfaces (IP addresses) the metrics listener binds; loopback unless you put a firewall in front.")
+register(G, "metrics-sample-interval", "I", 10,
+         "Seconds between the status page's samples (its chart shows the last 60) and the offline-queue query.",
+         minimum=1, maximum=3600)
 del G
 
 

@@ -7,11 +7,11 @@ by name; a setting's name appears here and in the registry (:mod:`xmppcluster.co
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["AuthSettings", "BoshSettings", "ClusterSettings", "Limits", "PeerSettings", "Quotas",
-           "VhostSettings", "WebChatSettings", "WebSocketSettings"]
+           "S2SSettings", "VhostSettings", "WebChatSettings", "WebSocketSettings"]
 
 #: ``get(component, key)``: the typed value of a registered setting (the default when unset).
 Getter = Callable[[str, str], Any]
@@ -164,6 +164,79 @@ class ClusterSettings:
                    failure_timeout=float(get("cl-comp", "failure-timeout")),
                    drain_timeout=float(get("cl-comp", "drain-timeout")),
                    handshake_timeout=float(get("cl-comp", "handshake-timeout")))
+
+
+@dataclass(frozen=True)
+class S2SSettings:
+    """Federation (``s2s/*``): policy, static addresses and limits."""
+
+    require_encryption: bool = True
+    secure_auth: bool = True
+    insecure_domains: frozenset[str] = frozenset()
+    allowed_domains: frozenset[str] = frozenset()
+    denied_domains: frozenset[str] = frozenset()
+    #: remote domain -> [(host, port, direct TLS)]
+    hosts: dict[str, list[tuple[str, int, bool]]] = field(default_factory=dict)
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    ca_file: str | None = None
+    connect_timeout: float = 15.0
+    idle_timeout: float = 600.0
+    ping_interval: float = 60.0
+    queue_max_stanzas: int = 5000
+    max_connections_per_domain: int = 8
+    max_incoming_unauthenticated: int = 200
+    rate_limit: int = 1048576
+
+    @classmethod
+    def from_values(cls, get: Getter) -> S2SSettings:
+        hosts: dict[str, list[tuple[str, int, bool]]] = {}
+        for entry in get("s2s", "hosts"):
+            domain, _, address = entry.partition("=")
+            hosts.setdefault(domain.strip().lower(), []).append(parse_host_port(address, 5269))
+        return cls(require_encryption=get("s2s", "require-encryption"), secure_auth=get("s2s", "secure-auth"),
+                   insecure_domains=frozenset(d.lower() for d in get("s2s", "insecure-domains")),
+                   allowed_domains=frozenset(d.lower() for d in get("s2s", "allowed-domains")),
+                   denied_domains=frozenset(d.lower() for d in get("s2s", "denied-domains")),
+                   hosts=hosts,
+                   dns_servers=tuple(parse_host_port(s, 53)[:2] for s in get("s2s", "dns-servers")),
+                   ca_file=get("s2s", "ca-file"), connect_timeout=float(get("s2s", "connect-timeout")),
+                   idle_timeout=float(get("s2s", "idle-timeout")), ping_interval=float(get("s2s", "ping-interval")),
+                   queue_max_stanzas=get("s2s", "queue-max-stanzas"),
+                   max_connections_per_domain=get("s2s", "max-connections-per-domain"),
+                   max_incoming_unauthenticated=get("s2s", "max-incoming-unauthenticated"),
+                   rate_limit=get("s2s", "rate-limit"))
+
+    def allows(self, domain: str) -> bool:
+        """Whether we federate with ``domain`` at all (deny list, then the allow list when it is set)."""
+        if domain in self.denied_domains:
+            return False
+        return not self.allowed_domains or domain in self.allowed_domains
+
+
+def parse_host_port(text: str, default_port: int) -> tuple[str, int, bool]:
+    """``host``, ``host:port``, ``[v6]:port``, with an optional ``:tls`` suffix -> (host, port, direct TLS).
+
+    Raises ValueError with what is expected."""
+    text = text.strip()
+    tls = text.endswith(":tls")
+    if tls:
+        text = text[:-4]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"host[:port][:tls] (bad element {text!r})")
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"host[:port][:tls] with a numeric port (bad element {text!r})") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"a port from 1 to 65535 (bad element {text!r})")
+    return host, port, tls
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,11 @@ STREAM_ELEMENT = Event(
     "a top-level element of a bound stream that is not a stanza; true = taken (otherwise unsupported-stanza-type)",
     "streams/core.py", "(none yet)")
 
+STREAM_AUTHENTICATED = Event(
+    "stream/authenticated", NOTIFY, "stream, user: str | None, condition: str | None",
+    "a SASL exchange ended: user (localpart) on success, else None and the failure condition",
+    "streams/core.py", "ops/metrics.py")
+
 # -- sessions --------------------------------------------------------------------------------------------
 
 SESSION_BOUND = Event(
@@ -74,15 +79,15 @@ SESSION_DIRECTED = Event(
 MESSAGE_OUTGOING = Event(
     "message/outgoing", DISPATCH, "stanza, session",
     "a message a client sent, before routing; true = handled (not routed)",
-    "streams/core.py, blocking", "blocking")
+    "streams/core.py, blocking", "blocking, ops/metrics.py")
 PRESENCE_OUTGOING = Event(
     "presence/outgoing", DISPATCH, "stanza, session",
     "a presence a client sent, before routing; true = handled (not routed)",
-    "streams/core.py, blocking", "blocking, presence")
+    "streams/core.py, blocking", "blocking, presence, ops/metrics.py")
 IQ_OUTGOING = Event(
     "iq/outgoing", DISPATCH, "stanza, session",
     "an IQ a client sent, before routing; true = handled (not routed)",
-    "streams/core.py, blocking", "blocking")
+    "streams/core.py, blocking", "blocking, ops/metrics.py")
 
 #: The outgoing event per stanza kind: a fixed table, never a name built from the input.
 OUTGOING = {"message": MESSAGE_OUTGOING, "presence": PRESENCE_OUTGOING, "iq": IQ_OUTGOING}

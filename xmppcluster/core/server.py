@@ -13,6 +13,7 @@ from xmppcluster.auth.throttle import AuthThrottle
 from xmppcluster.core.events import Events
 from xmppcluster.core.router import Router
 from xmppcluster.core.sessions import SessionRegistry
+from xmppcluster.core.traffic import Traffic
 
 if TYPE_CHECKING:
     from xmppcluster.config import Config
@@ -40,6 +41,8 @@ class XMPPServer:
         self.domains = frozenset(d.lower() for d in config.virt_hosts)
         self.node_name = config.node_name
         self.sessions = SessionRegistry()
+        #: Stanzas in and out of this node's client sessions, per kind (read by ops/metrics.py).
+        self.traffic = Traffic()
         #: The server's events (xmppcluster/core/events.py): modules and the cluster add handlers here.
         self.hooks = Events()
         self.router = Router(self)

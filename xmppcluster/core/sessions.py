@@ -135,11 +135,15 @@ class Session:
 
     def deliver(self, stanza: domish.Element) -> None:
         """Send a stanza to this resource's client."""
-        self.stream.send(stanza)
+        stream = self.stream
+        stream.server.traffic.sent[stanza.name] += 1
+        stream.send(stanza)
 
     def deliver_serialized(self, xml: bytes) -> None:
         """Send a stanza already serialized (UTF-8, with its xmlns), e.g. one routed from another node."""
-        self.stream.send_serialized(xml)
+        stream = self.stream
+        stream.server.traffic.sent_serialized(xml)
+        stream.send_serialized(xml)
 
     def close(self, condition: str, text: str | None = None) -> None:
         """End the stream with a stream error (e.g. ``conflict``)."""

@@ -338,6 +338,16 @@ class CertificateStore:
         """For STARTTLS once the stream ``to`` is known: SNI if the client sends a known one, else ``name``'s cert."""
         return _ServerCreator(self, name)
 
+    def identity_for(self, name: str | None) -> tuple[Any, x509.Certificate, tuple[x509.Certificate, ...], str]:
+        """(private key, certificate, chain, file name) presented for ``name`` (federation builds its own
+        contexts from them: they verify the peer)."""
+        entry = self._snapshot.resolve(name)
+        return entry.key, entry.cert, tuple(entry.chain), entry.path
+
+    def specific_name(self, name: str | None) -> bool:
+        """Whether a certificate file or SAN covers ``name`` itself (not just the default certificate)."""
+        return self._snapshot.specific(normalize_name(name)) is not None
+
     def certificate_for(self, name: str | None) -> x509.Certificate:
         """The certificate a client asking for ``name`` gets (the default one for None or an unknown name)."""
         return self._snapshot.resolve(name).cert

@@ -32,6 +32,7 @@ class ServerService(service.MultiService):
         self.ports: list = []
         self.ready: defer.Deferred = defer.Deferred()
         self.sighup: Any = None
+        self.metrics: Any = None  # ops.metrics.NodeMetrics with --metrics-port
 
     def startService(self) -> None:
         super().startService()
@@ -73,6 +74,10 @@ class ServerService(service.MultiService):
                 self.ports.append(port)
                 log.info("listening: {component} {port} {socket} on {ifc}", component=listener.component,
                          port=listener.port, socket=listener.socket, ifc=interface)
+        from xmppcluster.ops.monitor import start_monitor
+
+        self.metrics, ports = await start_monitor(self.server, self.reactor)
+        self.ports += ports
         log.info("xmppcluster node {node} serving {domains}", node=self.config.node_name,
                  domains=", ".join(self.config.virt_hosts))
         return self.server
@@ -111,6 +116,8 @@ class ServerService(service.MultiService):
         server = self.server
         if server is None:
             return
+        if self.metrics is not None:
+            self.metrics.stop()
         if server.cluster is not None:
             await self._drain(server)
         from xmppcluster.streams.bosh import bosh_sessions

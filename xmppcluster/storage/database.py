@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,8 @@ class Database:
         self.inline_reads = sqlite_path is not None
         #: the DB-API module's IntegrityError (unique / foreign-key violations)
         self.IntegrityError = pool.dbapi.IntegrityError
+        #: ``observe(kind, seconds)`` after each query, kind ``read`` or ``write`` (the metrics set it), or None
+        self.observe: Callable[[str, float], None] | None = None
 
     @classmethod
     def open(cls, uri: str, reactor: Any = None) -> Database:
@@ -195,13 +198,22 @@ class Database:
         return await self._read(fn, args, snapshot=True)
 
     async def _read(self, fn: Callable[..., Any], args: tuple, snapshot: bool) -> Any:
+        if self.observe is None:
+            return await self._read_now(fn, args, snapshot)
+        started = time.perf_counter()
+        try:
+            return await self._read_now(fn, args, snapshot)
+        finally:
+            self.observe("read", time.perf_counter() - started)
+
+    async def _read_now(self, fn: Callable[..., Any], args: tuple, snapshot: bool) -> Any:
         if self.inline_reads and not self._closed:
             try:
                 return self._read_here(fn, args, snapshot)
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) and "busy" not in str(e):
                     raise
-        return await self._run(fn, args, retry=True)
+        return await self._run(fn, args, retry=True, observed=False)
 
     def _read_here(self, fn: Callable[..., Any], args: tuple, snapshot: bool) -> Any:
         """An SQLite read on this thread; with ``snapshot``, in one read transaction."""
@@ -231,7 +243,14 @@ class Database:
                 self._reader = None
             self._pool.close()
 
-    async def _run(self, fn: Callable[..., Any], args: tuple, *, retry: bool, write: bool = False) -> Any:
+    async def _run(self, fn: Callable[..., Any], args: tuple, *, retry: bool, write: bool = False,
+                   observed: bool = True) -> Any:
+        if observed and self.observe is not None:
+            started = time.perf_counter()
+            try:
+                return await self._run(fn, args, retry=retry, write=write, observed=False)
+            finally:
+                self.observe("write" if write else "read", time.perf_counter() - started)
         try:
             return await self._defer(fn, args, write)
         except adbapi.ConnectionLost:

@@ -124,6 +124,13 @@ class OfflineStore:
             "SELECT COUNT(*) FROM offline_messages WHERE domain = ? AND username = ?", (domain, user))
         return int(rows[0][0])
 
+    async def totals(self) -> tuple[int, int, int]:
+        """(messages stored, accounts with messages, the most stored for one account), all domains (metrics)."""
+        rows = await self.db.query(
+            "SELECT COALESCE(SUM(n), 0), COUNT(*), COALESCE(MAX(n), 0) FROM"
+            " (SELECT COUNT(*) AS n FROM offline_messages GROUP BY domain, username) AS queues")
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
+
     async def list(self, user: str, domain: str) -> list[OfflineMessage]:
         """Every stored message of ``user@domain``, oldest first, claimed or not (administration, tests)."""
         rows = await self.db.query(

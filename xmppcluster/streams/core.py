@@ -25,7 +25,14 @@ from twisted.words.xish import domish
 from xmppcluster.auth.sasl import ChannelInfo, SASLServer
 from xmppcluster.core import namespaces as ns
 from xmppcluster.core import stanza as stanzas
-from xmppcluster.core.events import OUTGOING, SESSION_BOUND, SESSION_UNBOUND, STREAM_ELEMENT, STREAM_PRE_AUTH_IQ
+from xmppcluster.core.events import (
+    OUTGOING,
+    SESSION_BOUND,
+    SESSION_UNBOUND,
+    STREAM_AUTHENTICATED,
+    STREAM_ELEMENT,
+    STREAM_PRE_AUTH_IQ,
+)
 from xmppcluster.core.jid import InvalidJID, parse_jid, resourceprep
 from xmppcluster.core.sessions import Session
 from xmppcluster.core.tls import channel_bindings
@@ -472,6 +479,10 @@ class ClientStream:
         if self.state == "closed":
             return
         self.transport.send(result.reply)
+        if result.done:
+            failed = None if result.user is not None else next(iter(result.reply.elements()), None)
+            self.server.hooks.notify(STREAM_AUTHENTICATED, self, result.user,
+                                     None if failed is None else failed.name)
         if result.done and result.user is not None:
             self.user = result.user
             self.anonymous = result.anonymous

@@ -1,0 +1,141 @@
+"""Federation between two xmppcluster servers on loopback (a.test and b.test), certificates from the test CA.
+
+Each test drives real clients on both servers: what one user sends arrives at the other over a real
+server-to-server stream, authenticated as the test says (SASL EXTERNAL, dialback).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.clients.raw import RawClient
+from tests.support.federation import PASSWORD, ca_path, start_domains
+
+CLIENT = "{jabber:client}"
+STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
+
+
+def client(domain, user: str, resource: str = "r", *, ca: str) -> RawClient:
+    raw = RawClient(domain.c2s_port, domain=domain.name, ca_file=ca, timeout=20)
+    raw.login(user, PASSWORD, resource)
+    return raw
+
+
+def next_message(raw: RawClient) -> object:
+    return raw.until(f"{CLIENT}message")
+
+
+def error_of(element) -> str | None:
+    error = element.find(f"{CLIENT}error")
+    if error is None:
+        return None
+    return next((child.tag.split("}")[1] for child in error if child.tag.startswith(STANZAS)), None)
+
+
+class FederationCase(TestCase):
+    timeout = 60
+    direct_tls = False
+    trusted = True
+    extra: dict[str, str] = {}
+
+    async def setUp(self) -> None:
+        self.domains = await start_domains(self, direct_tls=self.direct_tls, trusted=self.trusted, extra=self.extra)
+        self.a, self.b = self.domains["a.test"], self.domains["b.test"]
+        self.ca = ca_path(self)
+
+    def chat(self) -> tuple[object, object]:
+        """alice@a.test and bob@b.test send each other a message; what each received."""
+        alice = client(self.a, "alice", ca=self.ca)
+        bob = client(self.b, "bob", ca=self.ca)
+        try:
+            alice.send("<presence/>")
+            bob.send("<presence/>")
+            alice.send("<message to='bob@b.test/r' type='chat' id='a1'><body>hello from a</body></message>")
+            got_bob = next_message(bob)
+            bob.send("<message to='alice@a.test/r' type='chat' id='b1'><body>hello from b</body></message>")
+            got_alice = next_message(alice)
+            return got_bob, got_alice
+        finally:
+            alice.close()
+            bob.close()
+
+    def methods(self, domain) -> set[str]:
+        return {line["auth"] for line in domain.federation.status() if line.get("auth")}
+
+
+class ExternalTests(FederationCase):
+    """Trusted certificates on both sides: SASL EXTERNAL (XEP-0178) both ways, over STARTTLS."""
+
+    async def test_chat_both_ways(self) -> None:
+        got_bob, got_alice = await deferToThread(self.chat)
+        self.assertEqual((got_bob.get("from"), got_bob.findtext(f"{CLIENT}body")), ("alice@a.test/r", "hello from a"))
+        self.assertEqual((got_alice.get("from"), got_alice.findtext(f"{CLIENT}body")),
+                         ("bob@b.test/r", "hello from b"))
+        self.assertEqual(self.methods(self.a), {"EXTERNAL"})
+        self.assertEqual(self.methods(self.b), {"EXTERNAL"})
+        tls = {line["tls"] for line in self.a.federation.status()}
+        self.assertTrue(tls <= {"TLSv1.2", "TLSv1.3"}, tls)
+
+    async def test_iq_round_trip_and_error(self) -> None:
+        def ask() -> tuple[object, object]:
+            alice = client(self.a, "alice", ca=self.ca)
+            try:
+                alice.send("<iq type='get' id='v1' to='b.test'><query xmlns='jabber:iq:version'/></iq>")
+                version = alice.until(f"{CLIENT}iq")
+                alice.send("<iq type='get' id='x1' to='b.test'><query xmlns='urn:example:none'/></iq>")
+                missing = alice.until(f"{CLIENT}iq")
+                return version, missing
+            finally:
+                alice.close()
+
+        version, missing = await deferToThread(ask)
+        self.assertEqual((version.get("type"), version.get("from")), ("result", "b.test"))
+        self.assertIsNotNone(version.find("{jabber:iq:version}query/{jabber:iq:version}name"))
+        self.assertEqual((missing.get("type"), error_of(missing)), ("error", "service-unavailable"))
+
+
+class DirectTLSTests(FederationCase):
+    """XEP-0368: the static map points at the direct TLS ports; EXTERNAL over them."""
+
+    direct_tls = True
+
+    async def test_chat_both_ways(self) -> None:
+        got_bob, got_alice = await deferToThread(self.chat)
+        self.assertEqual(got_bob.findtext(f"{CLIENT}body"), "hello from a")
+        self.assertEqual(got_alice.findtext(f"{CLIENT}body"), "hello from b")
+        self.assertEqual(self.methods(self.a), {"EXTERNAL"})
+
+
+class UntrustedTests(FederationCase):
+    """Neither server trusts the other's certificate authority: secure-auth refuses, messages bounce."""
+
+    trusted = False
+    extra = {"a.test": "s2s/connect-timeout=5\n"}
+
+    async def test_refused_and_bounced(self) -> None:
+        def send() -> object:
+            alice = client(self.a, "alice", ca=self.ca)
+            try:
+                alice.send("<message to='bob@b.test' type='chat' id='u1'><body>x</body></message>")
+                return alice.until(f"{CLIENT}message")
+            finally:
+                alice.close()
+
+        bounced = await deferToThread(send)
+        self.assertEqual((bounced.get("type"), bounced.get("id")), ("error", "u1"))
+        self.assertEqual(error_of(bounced), "remote-server-timeout")
+
+
+class DialbackTests(FederationCase):
+    """Untrusted certificates, but each lists the other in s2s/insecure-domains: dialback (XEP-0220) both ways."""
+
+    trusted = False
+    extra = {"a.test": "s2s/insecure-domains[s]=b.test\n", "b.test": "s2s/insecure-domains[s]=a.test\n"}
+
+    async def test_chat_both_ways(self) -> None:
+        got_bob, got_alice = await deferToThread(self.chat)
+        self.assertEqual(got_bob.findtext(f"{CLIENT}body"), "hello from a")
+        self.assertEqual(got_alice.findtext(f"{CLIENT}body"), "hello from b")
+        self.assertIn("dialback", self.methods(self.a))
+        self.assertIn("dialback", self.methods(self.b))
