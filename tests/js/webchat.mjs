@@ -7,7 +7,7 @@
 // {"event": "ready"} once Chromium runs, {"event": "csp", ...} for each Content-Security-Policy violation the
 // page reports, {"event": "console", "text"} for the page's console errors.
 //
-// Commands: goto {url} | login {jid, password} (fills Converse's own login form and submits it) |
+// Commands: goto {url, waitFor?: a selector} | login {jid, password} (fills Converse's own login form and submits it) |
 // waitConnected {node?, not?, timeout?} (the page script's state.connectedTo) | openChat {name} (clicks the
 // contact in the roster) | send {text} (types into the open chat and presses Enter) | waitText {text, timeout?}
 // (a chat message with that text is shown) | rosterStatus {name} | screenshot {path} | eval {expr} | quit.
@@ -39,13 +39,15 @@ async function main() {
   });
   page.on("console", (m) => { if (m.type() === "error") emit({ event: "console", text: m.text() }); });
   page.on("pageerror", (e) => emit({ event: "console", text: "pageerror: " + e.message }));
+  page.on("response", (r) => { if (r.status() >= 400) emit({ event: "http", status: r.status(), url: r.url() }); });
 
   const waitState = (predicate, arg, timeout) => page.waitForFunction(predicate, arg, { timeout, polling: 100 });
   const chatBox = () => page.locator("converse-chats converse-chat").last();
 
   const commands = {
-    async goto({ url }) {
+    async goto({ url, waitFor }) {
       const response = await page.goto(url);
+      if (waitFor) await page.locator(waitFor).first().waitFor({ timeout: 20000 });
       return { status: response.status(), headers: response.headers() };
     },
     async login({ jid, password }) {
@@ -82,7 +84,7 @@ async function main() {
       return { html: await item.evaluate((el) => el.outerHTML) };
     },
     async screenshot({ path }) {
-      await page.screenshot({ path });
+      await page.screenshot({ path, animations: "disabled" });
       return { path };
     },
     async eval({ expr }) {

@@ -99,7 +99,7 @@ class LineProcess:
             if predicate(event):
                 return event
         if not self.running:
-            raise AssertionError(f"{self.name} is not running")
+            raise AssertionError(f"{self.name} is not running; stderr: {self.stderr.decode(errors='replace')[-3000:]}")
         d: defer.Deferred = defer.Deferred()
         self._waiters.append((predicate, d))
         try:

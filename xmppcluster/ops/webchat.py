@@ -250,7 +250,7 @@ class WebChatResource(Resource):
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{name}</title>"
             "<link rel='stylesheet' href='dist/converse.min.css'><link rel='stylesheet' href='app.css'>"
-            "<script src='dist/converse.min.js'></script><script src='app.js'></script>"
+            "<script type='module' src='dist/converse.min.js'></script><script type='module' src='app.js'></script>"
             f"</head><body class='converse-fullscreen'><div id='xc-status' role='status'>{name}: loading</div>"
             "<noscript>The web chat needs JavaScript.</noscript></body></html>\n"
         ).encode()

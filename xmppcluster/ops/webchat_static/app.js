@@ -107,7 +107,12 @@
       return;
     }
     document.title = config.title;
-    say(config.title + ": connecting to " + state.current.name);
+    say(config.title + ": node " + state.current.name);
+    // Converse's full-page footer shows its sponsors' logos from their web site: this page loads nothing
+    // from elsewhere (its CSP would block them anyway), so the footer is an empty element defined first.
+    if (!window.customElements.get("converse-footer")) {
+      window.customElements.define("converse-footer", class extends HTMLElement {});
+    }
     window.converse.plugins.add("xmppcluster-nodes", plugin(config));
     const websocketUrl = urlOf(state.current, "websocket");
     const boshUrl = urlOf(state.current, "bosh");
