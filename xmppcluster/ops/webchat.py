@@ -119,9 +119,10 @@ def content_security_policy(connect: list[str]) -> bytes:
     """The page's policy: scripts, styles, fonts only from this origin (no inline script, no eval);
     connections only to this origin and ``connect`` (the endpoints' origins); no framing, no plugins.
 
-    ``style-src 'unsafe-inline'``: Converse.js sets ``style`` attributes from its templates (widths, avatar
-    colours); inline *styles* cannot run code.  ``'wasm-unsafe-eval'`` is not granted: only OMEMO needs
-    WebAssembly and the page leaves OMEMO out.
+    ``style-src 'unsafe-inline'``: Converse.js 14 sets ``style`` attributes from its templates and adds one
+    ``<style>`` element (tests/test_webchat.py sees ``style-src-attr``/``style-src-elem`` violations without it);
+    inline *styles* cannot run code.  Neither ``'unsafe-eval'`` nor ``'wasm-unsafe-eval'`` is needed: Converse
+    runs without eval, and only OMEMO needs WebAssembly (libsignal), which the page leaves out.
     """
     policy = [
         "default-src 'none'",
