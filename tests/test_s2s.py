@@ -139,3 +139,79 @@ class DialbackTests(FederationCase):
         self.assertEqual(got_alice.findtext(f"{CLIENT}body"), "hello from b")
         self.assertIn("dialback", self.methods(self.a))
         self.assertIn("dialback", self.methods(self.b))
+
+
+class SubscriptionTests(FederationCase):
+    """RFC 6121 with a remote contact: subscription to both, presence both ways, unavailable at logout."""
+
+    def subscribe_both(self) -> dict[str, list]:
+        alice = client(self.a, "alice", ca=self.ca)
+        bob = client(self.b, "bob", ca=self.ca)
+        seen: dict[str, list] = {"alice": [], "bob": []}
+        try:
+            alice.send("<presence/>")
+            bob.send("<presence/>")
+            alice.send("<presence to='bob@b.test' type='subscribe'/>")
+            request = bob.until(f"{CLIENT}presence")
+            while request.get("from", "").startswith("bob@"):  # his own initial presence, reflected
+                request = bob.until(f"{CLIENT}presence")
+            seen["bob"].append((request.get("type"), request.get("from")))
+            bob.send("<presence to='alice@a.test' type='subscribed'/>")
+            bob.send("<presence to='alice@a.test' type='subscribe'/>")
+            while True:  # alice: bob's approval, bob's available presence, bob's request
+                element = alice.next()
+                if element.tag == f"{CLIENT}presence":
+                    seen["alice"].append((element.get("type"), element.get("from")))
+                    if element.get("type") == "subscribe":
+                        break
+            alice.send("<presence to='bob@b.test' type='subscribed'/>")
+            while True:  # bob: alice's available presence after his subscription is approved
+                element = bob.next()
+                if element.tag == f"{CLIENT}presence":
+                    seen["bob"].append((element.get("type"), element.get("from")))
+                    if element.get("type") is None and element.get("from") == "alice@a.test/r":
+                        break
+            alice.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+            roster = alice.until(f"{CLIENT}iq")
+            seen["roster"] = [(item.get("jid"), item.get("subscription"))
+                              for item in roster.iter("{jabber:iq:roster}item")]
+            alice.send("<presence type='unavailable'/>")
+            while True:
+                element = bob.next()
+                if element.tag == f"{CLIENT}presence" and element.get("type") == "unavailable":
+                    seen["bob"].append(("unavailable", element.get("from")))
+                    break
+            return seen
+        finally:
+            alice.close()
+            bob.close()
+
+    async def test_subscription_to_both_and_presence(self) -> None:
+        seen = await deferToThread(self.subscribe_both)
+        self.assertEqual(seen["bob"][0], ("subscribe", "alice@a.test"))
+        self.assertIn((None, "bob@b.test/r"), seen["alice"])
+        self.assertIn(("subscribed", "bob@b.test"), seen["alice"])
+        self.assertEqual(seen["roster"], [("bob@b.test", "both")])
+        self.assertEqual(seen["bob"][-1], ("unavailable", "alice@a.test/r"))
+
+    async def test_probe_at_login(self) -> None:
+        """Once subscribed both ways, a new login of alice learns bob's presence from b.test (a probe)."""
+        await deferToThread(self.subscribe_both)
+
+        def login_again() -> object:
+            bob = client(self.b, "bob", "phone", ca=self.ca)
+            alice = client(self.a, "alice", "laptop", ca=self.ca)
+            try:
+                bob.send("<presence><show>away</show></presence>")
+                bob.until(f"{CLIENT}presence")  # his own presence back: the broadcast has gone out
+                alice.send("<presence/>")
+                while True:
+                    element = alice.until(f"{CLIENT}presence")
+                    if element.get("from") == "bob@b.test/phone":
+                        return element
+            finally:
+                alice.close()
+                bob.close()
+
+        presence = await deferToThread(login_again)
+        self.assertEqual(presence.findtext(f"{CLIENT}show"), "away")

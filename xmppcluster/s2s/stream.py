@@ -98,6 +98,7 @@ class ServerStream(Protocol):
         self.output: OutputQueue | None = None
         self._idle = None
         self._drop = None
+        self._header_sent = False
         self.started = self.clock.seconds()
 
     # -- twisted.internet.protocol ----------------------------------------------------------------------
@@ -181,6 +182,7 @@ class ServerStream(Protocol):
         header = start_tag("stream:stream", {"xmlns": SERVER, "xmlns:stream": ns.STREAMS, "xmlns:db": dialback.NS,
                                              **{k: v for k, v in attrs.items() if v}, "version": "1.0"})
         self.output.write(f"<?xml version='1.0'?>{header}".encode())
+        self._header_sent = True
 
     def send(self, element: domish.Element) -> None:
         if not self.closed:
@@ -200,6 +202,8 @@ class ServerStream(Protocol):
             return
         log.info("s2s {direction} stream {id} ({peer}, {who}) error {condition}: {text}", direction=self.direction,
                  id=self.stream_id, peer=self.peer, who=self.describe(), condition=condition, text=text or "")
+        if not self._header_sent and self.output is not None:  # RFC 6120 §4.9.1.2: a header before the error
+            self.open_stream({})
         self._close(wire(stream_error(condition, text)))
 
     def close(self) -> None:
