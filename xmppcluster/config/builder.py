@@ -116,12 +116,12 @@ class Config:
     limits: Limits = field(init=False, repr=False, compare=False)
     auth: AuthSettings = field(init=False, repr=False, compare=False)
     quotas: Quotas = field(init=False, repr=False, compare=False)
-    s2s: S2SSettings = field(init=False, repr=False, compare=False)
     peers: PeerSettings = field(init=False, repr=False, compare=False)
     bosh: BoshSettings = field(init=False, repr=False, compare=False)
     websocket: WebSocketSettings = field(init=False, repr=False, compare=False)
     webchat: WebChatSettings = field(init=False, repr=False, compare=False)
     cluster: ClusterSettings = field(init=False, repr=False, compare=False)
+    s2s: S2SSettings = field(init=False, repr=False, compare=False)
     _vhosts: dict[str, VhostSettings] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -131,12 +131,12 @@ class Config:
         self.limits = Limits.from_values(get)
         self.auth = AuthSettings.from_values(get)
         self.quotas = Quotas.from_values(get)
-        self.s2s = S2SSettings.from_values(get)
         self.peers = PeerSettings.from_values(get)
         self.bosh = BoshSettings.from_values(get)
         self.websocket = WebSocketSettings.from_values(get)
         self.webchat = WebChatSettings.from_values(get, self.virt_hosts)
         self.cluster = ClusterSettings.from_values(get)
+        self.s2s = S2SSettings.from_values(get)
         self._vhosts = {domain: VhostSettings.from_options(lambda name, d=domain: self.vhost_option(d, name))
                         for domain in [*self.virt_hosts, ""]}  # "": a domain not hosted gets the global defaults
 
@@ -263,6 +263,14 @@ class _Builder:
         previous = self.where.get(canon)
         if previous is not None:
             self.warnings.append(f"{self._loc(entry)}: key {_quote(setting.name)} set again "
+                                 f"(replaces {self._loc(previous)})")
+        self.values[canon] = value
+        self.where[canon] = entry
+
+    def get(self, key: str, component: str = GLOBAL) -> Any:
+        canon = (component, key)
+        return self.values[canon] if canon in self.values else _REGISTRY[canon].default
+
     def _check_s2s(self) -> None:
         """``s2s/hosts`` entries are ``domain=host[:port][:tls]``; ``s2s/dns-servers`` entries ``host[:port]``."""
         for entry in self.get("hosts", "s2s"):
@@ -279,14 +287,6 @@ class _Builder:
             except ValueError as e:
                 raise self.fail(("s2s", "dns-servers"), str(e)) from None
 
-                                 f"(replaces {self._loc(previous)})")
-        self.values[canon] = value
-        self.where[canon] = entry
-
-    def get(self, key: str, component: str = GLOBAL) -> Any:
-        canon = (component, key)
-        return self.values[canon] if canon in self.values else _REGISTRY[canon].default
-
     def build(self) -> Config:
         g = (GLOBAL,)
         cluster_mode = self.get("cluster-mode")
@@ -297,7 +297,6 @@ class _Builder:
                 if domain not in virt_hosts:
                     raise self.fail(canon, f"a domain listed in --virt-hosts ({', '.join(virt_hosts)})")
                 for item in items if canon[1].endswith("/sm-plugins") else ():
-        self._check_s2s()
                     if not re.fullmatch(r"[+-][A-Za-z0-9][A-Za-z0-9:._#-]*", item):
                         raise self.fail(canon, f"+name or -name entries (bad entry {_quote(item)})")
         admins = []
@@ -306,6 +305,7 @@ class _Builder:
                 raise self.fail(g + ("admins",), f"bare JIDs like admin@example.com (bad element {_quote(jid)})")
             local, domain = jid.split("@")
             admins.append(f"{local}@{domain.lower()}")
+        self._check_s2s()
         explicit_name = self.values.get(g + ("node-name",))
         if explicit_name is not None and not _HOSTNAME.fullmatch(explicit_name):
             raise self.fail(g + ("node-name",), "a host name like t1.example.com")

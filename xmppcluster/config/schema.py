@@ -16,7 +16,7 @@ __all__ = ["GLOBAL", "KINDS", "ConfigError", "Setting", "register", "settings"]
 GLOBAL = "--"
 DEFAULT_PATH = "etc/init.properties"
 DEFAULT_DB_URI = "sqlite:///data/xmppcluster.sqlite"
-CONNECTION_MANAGERS = ("c2s", "bosh", "ws2s", "cl-comp")
+CONNECTION_MANAGERS = ("c2s", "bosh", "ws2s", "cl-comp", "s2s")
 COMMAND_LINE = "<command line>"
 
 KINDS = {
@@ -220,8 +220,9 @@ VHOST_OPTIONS = {
     "max-users": "vhost-max-users",
     "tls-required": "vhost-tls-required",
 }
-_DEFAULT_PORTS = {"c2s": [5222, 5223], "bosh": [5280], "ws2s": [5290], "cl-comp": [5277]}
-_DEFAULT_SSL_PORTS = {"c2s": (5223,)}
+# s2s listens only where configured (``s2s/connections/ports[i]=5269,5270``): docs/federation.rst.
+_DEFAULT_PORTS = {"c2s": [5222, 5223], "bosh": [5280], "ws2s": [5290], "cl-comp": [5277], "s2s": []}
+_DEFAULT_SSL_PORTS = {"c2s": (5223,), "s2s": (5270,)}
 _PORT = {"minimum": 1, "maximum": 65535}
 
 # ---- the table: every setting, in documentation order ----
@@ -303,7 +304,8 @@ for _cm in CONNECTION_MANAGERS:
              f"Ports of the {_cm} connection manager" + (" (opened only with --cluster-mode)." if _cm == "cl-comp"
                                                           else ". Empty disables it."), **_PORT)
     register(_cm, "connections/<port>/socket", "S", "plain",
-             "``plain``, or ``ssl`` for direct TLS" + (" (default ``ssl`` for 5223)." if _cm == "c2s" else "."),
+             "``plain``, or ``ssl`` for direct TLS" + {"c2s": " (default ``ssl`` for 5223).",
+                                                      "s2s": " (default ``ssl`` for 5270, XEP-0368)."}.get(_cm, "."),
              choices=("plain", "ssl"))
     register(_cm, "connections/<port>/type", "S", "accept", "``accept`` (listen) or ``connect``.",
              choices=("accept", "connect"))
@@ -319,6 +321,40 @@ register("cl-comp", "drain-timeout", "F", 5.0, "Seconds a stopping node waits fo
 register("cl-comp", "handshake-timeout", "F", 5.0,
          "Seconds a connection to the cluster port has to complete TLS and authenticate (then it is closed).",
          minimum=0.1)
+register("s2s", "require-encryption", "B", True,
+         "Federation only over TLS (STARTTLS or direct TLS), both directions (RFC 6120 §5; XEP-0479).")
+register("s2s", "secure-auth", "B", True,
+         "A remote server must present a certificate valid for its domain (then SASL EXTERNAL, XEP-0178); "
+         "only the domains of ``s2s/insecure-domains`` may authenticate with dialback alone (XEP-0220).")
+register("s2s", "insecure-domains", "s", [],
+         "Remote domains allowed to authenticate with dialback over TLS without a valid certificate.")
+register("s2s", "allowed-domains", "s", [],
+         "When set, the only remote domains we federate with (others: ``not-allowed``/``policy-violation``).")
+register("s2s", "denied-domains", "s", [], "Remote domains we never federate with.")
+register("s2s", "hosts", "s", [],
+         "Static addresses of remote domains, before DNS: ``example.net=10.0.0.5:5269`` "
+         "(``=10.0.0.5:5270:tls`` for direct TLS), comma-separated.")
+register("s2s", "dns-servers", "s", [],
+         "DNS servers for SRV/A/AAAA look-ups, ``address[:port]`` (default: the system's resolv.conf).")
+register("s2s", "ca-file", "S", None,
+         "PEM file of the certificate authorities trusted for remote servers (default: the system's store).",
+         default_doc="the system's store")
+register("s2s", "connect-timeout", "F", 15.0, "Seconds to resolve, connect and authenticate to a remote server.",
+         minimum=1)
+register("s2s", "idle-timeout", "I", 600, "Seconds without traffic before a server-to-server stream is closed.",
+         minimum=10)
+register("s2s", "ping-interval", "F", 60.0,
+         "Seconds between XEP-0199 pings on an idle outgoing stream; a ping also confirms what was sent before.",
+         minimum=1)
+register("s2s", "queue-max-stanzas", "I", 5000,
+         "Stanzas waiting (or unconfirmed) for one remote domain; past this, stanzas bounce ``resource-constraint``.",
+         minimum=1)
+register("s2s", "max-connections-per-domain", "I", 8,
+         "Incoming streams authenticated for one remote domain at once (the oldest is closed past it).", minimum=1)
+register("s2s", "max-incoming-unauthenticated", "I", 200,
+         "Incoming server connections not yet authenticated at once, all addresses together.", minimum=1)
+register("s2s", "rate-limit", "I", 1048576, "Bytes per second read from one server-to-server stream (0 = off).",
+         minimum=0)
 register("vhost-man", "<domain>/sm-plugins", "s", [],
          "Per-vhost module selection (``+name``/``-name``) on top of ``--sm-plugins``, e.g. "
          "``vhost-man/example.org/sm-plugins[s]=-vcard-temp``.")

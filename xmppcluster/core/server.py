@@ -59,6 +59,8 @@ class XMPPServer:
         self.sasl_secret: bytes | None = None
         #: The node's cluster membership (xmppcluster.cluster.node.Cluster) in cluster mode, else None.
         self.cluster: Any = None
+        #: Federation (xmppcluster.s2s.federation.Federation): outgoing links and incoming server streams.
+        self.federation: Any = None
 
     # -- domains ---------------------------------------------------------------------------------
 

@@ -57,6 +57,11 @@ class ServerService(service.MultiService):
         self.server.sasl_secret = await shared_secret(storage.db, "sasl-fake-salt")
         load_modules(self.server)
         self.server.start()
+        from xmppcluster.s2s.federation import Federation
+
+        self.server.federation = Federation(self.server, await shared_secret(storage.db, "s2s-dialback"),
+                                            self.reactor)
+        self.server.federation.start()
         if self.config.cluster_mode:
             from xmppcluster.cluster.node import Cluster
 
@@ -89,6 +94,10 @@ class ServerService(service.MultiService):
             return ClientFactory(self.server, listener)
         if listener.component == "cl-comp":
             return self.server.cluster.factory() if self.server.cluster is not None else None
+        if listener.component == "s2s":
+            from xmppcluster.s2s.federation import IncomingFactory
+
+            return IncomingFactory(self.server.federation, listener)
         if listener.component in ("bosh", "ws2s"):
             from xmppcluster.ops.http import build_site
 
@@ -97,6 +106,9 @@ class ServerService(service.MultiService):
 
     def _endpoint(self, listener: Listener, interface: str) -> Any:
         host = "" if interface == "*" else interface
+        if listener.tls and listener.component == "s2s":  # asks for the peer's certificate (XEP-0178)
+            return SSL4ServerEndpoint(self.reactor, listener.port, self.server.federation.tls.server_creator(None),
+                                      interface=host)
         if listener.tls or listener.component == "cl-comp":  # cluster links are always TLS
             return SSL4ServerEndpoint(self.reactor, listener.port, self.certs.server_creator(), interface=host)
         if ":" in host:
@@ -125,6 +137,8 @@ class ServerService(service.MultiService):
         bosh_sessions(server).shutdown()
         for stream in list(server.streams):
             stream.fail("system-shutdown")
+        if server.federation is not None:  # after the clients: their unavailable presences go out first
+            await server.federation.stop()
         await self._close_connections(server)
         if server.cluster is not None:
             await server.cluster.stop()
