@@ -129,6 +129,7 @@ class MonitorSite(Site):
         self.displayTracebacks = False
         self.noisy = False
         self.open = 0
+        self.peak = 0  # the most connections open at once
         self.refused = 0
 
     def log(self, request: Any) -> None:
@@ -141,6 +142,7 @@ class MonitorSite(Site):
         channel = super().buildProtocol(addr)
         channel.totalHeadersSize = MAX_HEADERS_BYTES
         self.open += 1
+        self.peak = max(self.peak, self.open)
         lost = channel.connectionLost
 
         def connection_lost(reason: Any) -> Any:
