@@ -215,3 +215,32 @@ class SubscriptionTests(FederationCase):
 
         presence = await deferToThread(login_again)
         self.assertEqual(presence.findtext(f"{CLIENT}show"), "away")
+
+
+class ResendTests(FederationCase):
+    """Stanzas written on a stream that breaks before a ping confirms them go again on a new stream, once."""
+
+    async def test_unconfirmed_stanzas_survive_a_broken_stream(self) -> None:
+        from twisted.internet import reactor, task
+
+        bob = await deferToThread(client, self.b, "bob", ca=self.ca)
+        alice = await deferToThread(client, self.a, "alice", ca=self.ca)
+        self.addCleanup(bob.close)
+        self.addCleanup(alice.close)
+        await deferToThread(bob.send, "<presence/>")
+        await deferToThread(alice.send, "<message to='bob@b.test/r' type='chat'><body>m0</body></message>")
+        self.assertEqual((await deferToThread(next_message, bob)).findtext(f"{CLIENT}body"), "m0")
+        # b.test stops reading its stream from a.test: what a.test writes now stays in buffers, unconfirmed.
+        incoming = next(s for s in self.b.federation.incoming if "a.test" in s.pairs)
+        incoming.transport.pauseProducing()
+        link = self.a.federation.links[("a.test", "b.test")]
+        for n in (1, 2, 3):
+            await deferToThread(alice.send, f"<message to='bob@b.test/r' type='chat'><body>m{n}</body></message>")
+        while len(link.unconfirmed) < 3:
+            await task.deferLater(reactor, 0.01, lambda: None)
+        link.stream.transport.abortConnection()  # the stream dies with m1..m3 unread
+        incoming.transport.abortConnection()
+        got = [(await deferToThread(next_message, bob)).findtext(f"{CLIENT}body") for _ in range(3)]
+        self.assertEqual(got, ["m1", "m2", "m3"])
+        await deferToThread(alice.send, "<message to='bob@b.test/r' type='chat'><body>m4</body></message>")
+        self.assertEqual((await deferToThread(next_message, bob)).findtext(f"{CLIENT}body"), "m4")  # none twice

@@ -128,9 +128,11 @@ async def add_users(db_uri: str, *jids: str, password: str) -> None:
 
 def make_cluster(test: TestCase, count: int = 2, extra: str = "", *, heartbeat: float = 0.2,
                  failure_timeout: float = 1.5, discovery: bool = False,
-                 via: dict[tuple[str, str], int] | None = None) -> ClusterFixture:
+                 via: dict[tuple[str, str], int] | None = None,
+                 node_extra: dict[str, str] | None = None) -> ClusterFixture:
     """``count`` nodes; ``discovery`` leaves out --cluster-nodes (the cluster_nodes table is used);
-    ``via[(a, b)] = port`` makes node ``a`` reach node ``b`` through 127.0.0.1:port (a test proxy)."""
+    ``via[(a, b)] = port`` makes node ``a`` reach node ``b`` through 127.0.0.1:port (a test proxy);
+    ``node_extra[name]``: configuration lines for that node only."""
     directory = tempfile.mkdtemp(prefix="cluster-", dir=os.getcwd())
     certs = os.path.join(directory, "certs")
     os.mkdir(certs)
@@ -165,7 +167,7 @@ def make_cluster(test: TestCase, count: int = 2, extra: str = "", *, heartbeat: 
             lines.append(f"{component}/connections/{p[key]}/ifc[s]=127.0.0.1")
         config = os.path.join(directory, f"{name}.properties")
         with open(config, "w") as out:
-            out.write("\n".join(lines) + "\n" + extra)
+            out.write("\n".join(lines) + "\n" + extra + (node_extra or {}).get(name, ""))
         fixture.nodes[name] = Node(name, config, p)
     test.addCleanup(fixture.stop_all)
     return fixture

@@ -55,6 +55,11 @@ class _Entry:
         self.attempts = 0
 
 
+def _empty_result(stanza: domish.Element) -> bool:
+    return stanza.name == "iq" and stanza.getAttribute("type") in ("result", "error") and \
+        stanza.firstChildElement() is None
+
+
 class OutgoingLink:
     """Everything this node sends from ``local`` to ``remote``: the queue, the stream, its unconfirmed stanzas."""
 
@@ -72,6 +77,7 @@ class OutgoingLink:
         self._ping_timer = None
         self._verifies: list[tuple[str, str, Deferred]] = []
         self.last_error = ""
+        self.last_write = federation.clock.seconds()
 
     # -- sending -----------------------------------------------------------------------------------------
 
@@ -87,11 +93,17 @@ class OutgoingLink:
         self.open()
 
     def _write(self, entry: _Entry) -> None:
+        self.stream.send_serialized(entry.data)
+        self.last_write = self.federation.clock.seconds()
+        if _empty_result(entry.stanza):  # an answer to a ping: confirming it would ping back and forth forever
+            return
         entry.attempts += 1
         self.unconfirmed.append(entry)
-        self.stream.send_serialized(entry.data)
-        if self.ping_id is None and self._ping_timer is None:
-            self._ping_timer = self.federation.clock.callLater(0, self._confirm)
+        if self.ping_id is None:
+            if self._ping_timer is not None and self._ping_timer.active():
+                self._ping_timer.reset(0)  # a keepalive was due later: confirm now instead
+            else:
+                self._ping_timer = self.federation.clock.callLater(0, self._confirm)
 
     def _flush(self) -> None:
         while self.queue and self.stream is not None and not self.stream.closed:
@@ -104,6 +116,9 @@ class OutgoingLink:
         self._ping_timer = None
         stream = self.stream
         if stream is None or stream.closed or self.ping_id is not None:
+            return
+        if not self.unconfirmed and self.federation.clock.seconds() - self.last_write >= stream.settings.idle_timeout:
+            stream.close()  # idle: nothing sent for s2s/idle-timeout seconds
             return
         self.ping_id = self.federation.new_ping_id(self)
         self.ping_mark = len(self.unconfirmed)
