@@ -119,3 +119,32 @@ class NginxSample(TestCase):
         code, output = self.nginx_t(self.shipped().replace("proxy_buffering off;", "proxy_bufering off;"))
         self.assertNotEqual(code, 0)
         self.assertIn("unknown directive", output)
+
+
+class DeploymentGuide(TestCase):
+    """Every ``properties`` block of docs/deployment.rst is a file the server reads without error or warning."""
+
+    def blocks(self) -> list[str]:
+        with open(os.path.join(ROOT, "docs", "deployment.rst")) as doc:
+            text = doc.read()
+        found = re.findall(r"\.\. code-block:: properties\n\n((?:   .*\n)+)", text)
+        return [re.sub(r"(?m)^   ", "", block) for block in found]
+
+    def test_every_properties_block_reads_cleanly(self) -> None:
+        from xmppcluster.config import parse_text
+
+        blocks = self.blocks()
+        self.assertEqual(len(blocks), 3)
+        for block in blocks:
+            config = parse_text(block, "docs/deployment.rst")
+            self.assertEqual(config.warnings, [], block)
+        one, three, proxy = (parse_text(block, "docs/deployment.rst") for block in blocks)
+        self.assertEqual([(lst.component, lst.port, lst.tls) for lst in one.all_listeners()],
+                         [("c2s", 5222, False), ("c2s", 5223, True), ("bosh", 5280, False), ("bosh", 5281, True),
+                          ("ws2s", 5290, False), ("ws2s", 5291, True)])
+        self.assertTrue(three.cluster_mode)
+        self.assertEqual([node.name for node in three.cluster_nodes],
+                         ["t1.example.com", "t2.example.com", "t3.example.com"])
+        self.assertTrue(three.user_db_uri.startswith("postgresql://"))
+        self.assertEqual(proxy.webchat.endpoints, ("wss://chat.example.com/xmpp-websocket",
+                                                   "https://chat.example.com/http-bind"))
