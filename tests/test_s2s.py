@@ -6,6 +6,8 @@ server-to-server stream, authenticated as the test says (SASL EXTERNAL, dialback
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -244,3 +246,27 @@ class ResendTests(FederationCase):
         self.assertEqual(got, ["m1", "m2", "m3"])
         await deferToThread(alice.send, "<message to='bob@b.test/r' type='chat'><body>m4</body></message>")
         self.assertEqual((await deferToThread(next_message, bob)).findtext(f"{CLIENT}body"), "m4")  # none twice
+
+
+class StatusTests(FederationCase):
+    """``xmppcluster s2s-status`` lists each node's streams from the database."""
+
+    async def test_status_lists_streams_with_auth_and_tls(self) -> None:
+        import sys
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        await deferToThread(self.chat)
+        await self.a.running.service.s2s_reporter.report()
+        config = os.path.join(self.a.running.directory, "status.properties")
+        with open(config, "w") as out:
+            out.write(f"--virt-hosts=a.test\n--user-db-uri=sqlite:///{self.a.running.directory}/db.sqlite\n")
+        stdout, stderr, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "xmppcluster.ops.cli", "--config", config, "s2s-status"], env=dict(os.environ))
+        text = stdout.decode()
+        self.assertEqual(code, 0, text + stderr.decode())
+        lines = [line.split() for line in text.splitlines()[1:]]
+        seen = {(line[1], line[3], line[4], line[5]) for line in lines}
+        self.assertEqual(seen, {("b.test", "out", "established", "EXTERNAL"),
+                                ("b.test", "in", "established", "EXTERNAL")}, text)
+        self.assertTrue(all(line[6] in ("TLSv1.2", "TLSv1.3") for line in lines), text)

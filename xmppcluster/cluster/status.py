@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
 
 from twisted.internet import defer, task
 
@@ -39,6 +40,11 @@ async def status(config, out: TextIO) -> int:
 
 
 def cluster_status_main(config_path: str, out: TextIO = sys.stdout) -> int:
+    return run_status(config_path, status, out)
+
+
+def run_status(config_path: str, show: Callable[[Any, TextIO], Awaitable[int]], out: TextIO) -> int:
+    """Load the configuration (as a non-node), run ``show(config, out)`` in a reactor; its exit code."""
     from xmppcluster.config import ConfigError, load
     from xmppcluster.storage import StorageError
 
@@ -52,7 +58,7 @@ def cluster_status_main(config_path: str, out: TextIO = sys.stdout) -> int:
 
     async def run(_reactor) -> None:
         try:
-            result.append(await status(config, out))
+            result.append(await show(config, out))
         except StorageError as err:
             sys.stderr.write(f"xmppcluster: {err}\n")
             result.append(1)

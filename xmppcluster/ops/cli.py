@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--force", action="store_true", help="signal even if the pid does not look like the server")
 
     commands.add_parser("cluster-status", help="show the cluster's nodes, links and sessions")
+    commands.add_parser("s2s-status", help="show every node's server-to-server streams (federation)")
 
     sub = commands.add_parser("install-webchat", help="install the web chat's Converse.js files (needs npm)")
     sub.add_argument("--webchat-dir", metavar="DIR", help="where (default: --webchat-dir of the configuration)")
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from xmppcluster.cluster.status import cluster_status_main
 
         return cluster_status_main(args.config)
+    if args.command == "s2s-status":
+        from xmppcluster.ops.s2s_status import s2s_status_main
+
+        return s2s_status_main(args.config)
     if args.command == "gencert":
         from xmppcluster.core.tls import gencert_main
 

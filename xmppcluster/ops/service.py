@@ -32,6 +32,7 @@ class ServerService(service.MultiService):
         self.ports: list = []
         self.ready: defer.Deferred = defer.Deferred()
         self.sighup: Any = None
+        self.s2s_reporter: Any = None
         self.metrics: Any = None  # ops.metrics.NodeMetrics with --metrics-port
 
     def startService(self) -> None:
@@ -62,6 +63,10 @@ class ServerService(service.MultiService):
         self.server.federation = Federation(self.server, await shared_secret(storage.db, "s2s-dialback"),
                                             self.reactor)
         self.server.federation.start()
+        from xmppcluster.ops.s2s_status import S2SReporter
+
+        self.s2s_reporter = S2SReporter(self.server, self.reactor)
+        self.s2s_reporter.start()
         if self.config.cluster_mode:
             from xmppcluster.cluster.node import Cluster
 
@@ -139,6 +144,7 @@ class ServerService(service.MultiService):
             stream.fail("system-shutdown")
         if server.federation is not None:  # after the clients: their unavailable presences go out first
             await server.federation.stop()
+            await self.s2s_reporter.stop()
         await self._close_connections(server)
         if server.cluster is not None:
             await server.cluster.stop()
