@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 
 from twisted.internet import reactor, task, threads
@@ -27,7 +28,7 @@ from tests.support.cluster import DOMAIN, make_cluster, migrate
 from tests.support.lineproc import LineProcess
 from tests.support.process import ROOT
 from tests.support.server import free_port, start_server
-from xmppcluster.ops.webchat import assets_dir
+from xmppcluster.ops.webchat import CONVERSE_VERSION, assets_dir
 from xmppcluster.storage import open_storage
 from xmppcluster.storage.roster import RosterItem, RosterStore
 
@@ -126,6 +127,59 @@ class ServedPage(TestCase):
         running = await self.start(f"--webchat-dir={WEBCHAT_DIR}\n--webchat=false\n")
         code, _, _ = await get(f"http://127.0.0.1:{running.ports['bosh']['plain']}/chat/")
         self.assertEqual(code, 404)
+
+
+class HostileRequests(TestCase):
+    """What a request controls (Host, ?domain=, the path) never reaches the CSP or config.json unchecked."""
+
+    timeout = 60
+
+    async def test_host_header_cannot_inject_into_the_policy_or_the_config(self) -> None:
+        running = await start_server(self, f"--webchat-dir={WEBCHAT_DIR}\n", components=("c2s", "bosh", "ws2s"))
+        port = running.ports["bosh"]["plain"]
+        for host in (b"evil.example; script-src *", b"a' 'unsafe-eval", b"[not-an-address]:1", b"x" * 300):
+            code, headers, body = await get(f"http://127.0.0.1:{port}/chat/config.json", {b"Host": [host]})
+            csp = headers["content-security-policy"]
+            self.assertNotIn("evil", csp)
+            self.assertNotIn("unsafe-eval", csp)
+            self.assertEqual(csp.count("script-src"), 1)
+            if code == 200:  # assets installed: the config names the node, not the Host given
+                self.assertTrue(json.loads(body)["nodes"][0]["websocket"][0].startswith("ws://node1.test:"), body)
+
+    async def test_oversized_or_unknown_domain_is_not_found(self) -> None:
+        running = await start_server(self, f"--webchat-dir={WEBCHAT_DIR}\n", components=("c2s", "bosh"))
+        port = running.ports["bosh"]["plain"]
+        for domain in ("a" * 5000, "nowhere.test", "%00"):
+            code, headers, body = await get(f"http://127.0.0.1:{port}/chat/?domain={domain}")
+            self.assertEqual(code, 404, body[:200])
+            self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
+            self.assertNotIn(b"<", body)
+
+
+class InstallCommand(TestCase):
+    """``xmppcluster install-webchat`` as an operator runs it."""
+
+    def run_command(self, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        if path is not None:
+            env["PATH"] = path
+        command = os.path.join(os.path.dirname(sys.executable), "xmppcluster")
+        return subprocess.run([command, "--config", self.mktemp(), "install-webchat", *args], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    def test_without_npm_says_so(self) -> None:
+        target = self.mktemp()
+        done = self.run_command("--webchat-dir", target, path=os.path.dirname(sys.executable))
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertIn("npm not found", done.stderr)
+        self.assertIsNone(assets_dir(target))
+
+    def test_installed_files_are_left_alone(self) -> None:
+        if assets_dir(WEBCHAT_DIR) is None:
+            skip_test(f"Converse.js is not installed in {WEBCHAT_DIR}: run `xmppcluster install-webchat`")
+        done = self.run_command("--webchat-dir", WEBCHAT_DIR)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(f"Converse.js {CONVERSE_VERSION} already installed", done.stdout)
 
 
 class ClusterChat(TestCase):

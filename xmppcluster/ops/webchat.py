@@ -15,8 +15,10 @@ is hosted, else the first ``--virt-hosts`` entry.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,14 +159,24 @@ def _secure_request(request: Request, server: XMPPServer) -> bool:
     return proto.split(",")[-1].strip().lower() == "https"
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
+
+
 def _browser_host(request: Request) -> str | None:
-    """The host name (no port) of the Host header, or None."""
+    """The host name (no port) of the Host header when it is a plain DNS name or IP address, else None.
+
+    It goes into ``config.json`` and the CSP header: anything else (``;``, blanks, quotes) is never echoed."""
     raw = _header(request, b"host").strip()
     if not raw or len(raw) > 255:
         return None
     if raw.startswith("["):
-        return raw[1:].partition("]")[0] or None
-    return raw.rpartition(":")[0] if ":" in raw else raw
+        name = raw[1:].partition("]")[0]
+        try:
+            return str(ipaddress.IPv6Address(name))
+        except ValueError:
+            return None
+    name = raw.rpartition(":")[0] if ":" in raw else raw
+    return name if _HOST_NAME.fullmatch(name) else None
 
 
 class WebChatResource(Resource):
