@@ -1,0 +1,219 @@
+"""The harness that runs real Prosody and ejabberd beside our servers (tests/support/peers.py).
+
+Each peer starts with its own configuration, a slixmpp client logs in with a user the harness created, its
+outgoing s2s connections follow the test routes (no DNS), and stop leaves no process behind. Prosody and
+ejabberd federate with each other through the harness with SASL EXTERNAL on the test CA's certificates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support import peers
+from tests.support.certs import TestCA, make_ca
+from tests.support.peers import PeerServer, run_clients, start_ejabberd, start_prosody
+from tests.support.server import free_port, test_ca
+
+NS_STREAMS = "http://etherx.jabber.org/streams"
+
+
+class StreamHeaderCatcher(protocol.Protocol):
+    """Records what a connecting server sends until its stream header is complete, then hangs up."""
+
+    def connectionMade(self) -> None:
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if re.search(rb"<(stream:)?stream[^>]*>", self.data) and not self.factory.headers.called:
+            self.factory.headers.callback(self.data.decode(errors="replace"))
+            self.transport.loseConnection()
+
+
+def listen_for_stream_header(test: TestCase) -> tuple[int, defer.Deferred]:
+    """A TCP listener on 127.0.0.1 (free port) that fires with the first stream header received."""
+    factory = protocol.ServerFactory.forProtocol(StreamHeaderCatcher)
+    factory.headers = defer.Deferred()
+    port = free_port()
+    listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
+    test.addCleanup(listening.stopListening)
+    return port, factory.headers
+
+
+class FirstBytes(protocol.Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        if not self.factory.first.called:
+            self.factory.first.callback(data)
+        self.transport.loseConnection()
+
+
+def listen_for_first_bytes(test: TestCase) -> tuple[int, defer.Deferred]:
+    """A TCP listener on 127.0.0.1 (free port) that fires with the first bytes a client sends."""
+    factory = protocol.ServerFactory.forProtocol(FirstBytes)
+    factory.first = defer.Deferred()
+    port = free_port()
+    listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
+    test.addCleanup(listening.stopListening)
+    return port, factory.first
+
+
+def assert_stopped(test: TestCase, peer: PeerServer, pgid: int) -> None:
+    """Nothing is left of the peer: its process group is empty and its ports are closed."""
+    with test.assertRaises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    for port in (peer.c2s_port, peer.s2s_port):
+        with test.assertRaises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+
+
+class PeerHarnessMixin:
+    kind = ""
+
+    async def start(self, domain: str, **options) -> PeerServer:
+        starter = start_prosody if self.kind == "prosody" else start_ejabberd
+        return await starter(self, domain, ca=test_ca(), **options)
+
+    @defer.inlineCallbacks
+    def test_login_and_stop(self):
+        """A user the harness created logs in over STARTTLS with the test CA; stop ends every process."""
+        peer = yield defer.ensureDeferred(self.start(f"{self.kind}.test"))
+        self.assertEqual(peer.kind, self.kind)
+        yield defer.ensureDeferred(peer.add_user("bob", "s3cret pass"))
+        results = yield defer.ensureDeferred(run_clients(peer, [{"jid": peer.jid("bob"), "password": "s3cret pass"}]))
+        self.assertTrue(results[0]["authenticated"], results)
+        self.assertTrue(results[0]["bound"].startswith(f"bob@{self.kind}.test/"), results)
+        wrong = yield defer.ensureDeferred(run_clients(peer, [{"jid": peer.jid("bob"), "password": "nope"}]))
+        self.assertFalse(wrong[0]["authenticated"], wrong)
+        pgid = peer.process.pid
+        status = yield defer.ensureDeferred(peer.stop())
+        self.assertIsNotNone(status)
+        assert_stopped(self, peer, pgid)
+        self.assertIsNone((yield defer.ensureDeferred(peer.stop())))  # twice is harmless
+
+    @defer.inlineCallbacks
+    def test_routes_reach_the_listener_without_dns(self):
+        """A message to a routed domain opens an s2s stream to the route's port (the domain has no DNS)."""
+        port, headers = listen_for_stream_header(self)
+        peer = yield defer.ensureDeferred(self.start(f"{self.kind}.test", routes={"remote.test": ("127.0.0.1", port)}))
+        yield defer.ensureDeferred(peer.add_user("bob", "pw-bob"))
+        clients = [{"jid": peer.jid("bob"), "password": "pw-bob",
+                    "send": [{"to": "alice@remote.test", "body": "hello"}]}]
+        results = yield defer.ensureDeferred(run_clients(peer, clients, timeout=5))
+        self.assertTrue(results[0]["authenticated"], results)
+        header = yield headers.addTimeout(30, reactor)
+        self.assertIn("jabber:server", header)
+        self.assertRegex(header, r"""to=["']remote\.test["']""")
+        self.assertRegex(header, rf"""from=["']{self.kind}\.test["']""")
+
+
+    @defer.inlineCallbacks
+    def test_tls_routes_use_direct_tls(self):
+        """A tls_routes domain gets a direct TLS connection (XEP-0368): a TLS ClientHello, no stream header."""
+        port, first = listen_for_first_bytes(self)
+        peer = yield defer.ensureDeferred(self.start(f"{self.kind}.test",
+                                                     tls_routes={"remote.test": ("127.0.0.1", port)}))
+        yield defer.ensureDeferred(peer.add_user("bob", "pw-bob"))
+        clients = [{"jid": peer.jid("bob"), "password": "pw-bob",
+                    "send": [{"to": "alice@remote.test", "body": "hello"}]}]
+        yield defer.ensureDeferred(run_clients(peer, clients, timeout=5))
+        data = yield first.addTimeout(30, reactor)
+        self.assertEqual(data[:1], b"\x16", data[:40])  # a TLS handshake record
+        self.assertIn(b"remote.test", data)  # SNI
+
+    @defer.inlineCallbacks
+    def test_direct_tls_listener(self):
+        """``direct_tls=True``: the peer's s2s_tls_port speaks TLS with its certificate and answers a stream."""
+        ca = test_ca()
+        domain = f"{self.kind}.test"
+        peer = yield defer.ensureDeferred(self.start(domain, direct_tls=True))
+        self.assertIsNotNone(peer.s2s_tls_port)
+        endpoint = endpoints.wrapClientTLS(optionsForClientTLS(domain, trustRoot=ca.trust_root()),
+                                           endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", peer.s2s_tls_port))
+        client = StreamHeaderCatcher()
+        client.factory = protocol.Factory()
+        client.factory.headers = defer.Deferred()
+        yield endpoints.connectProtocol(endpoint, client)
+        client.transport.write(
+            f"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
+            f"to='{domain}' from='remote.test' version='1.0'>".encode())
+        header = yield client.factory.headers.addTimeout(20, reactor)
+        self.assertRegex(header, rf"""from=["']{domain}["']""")
+
+
+class ProsodyHarnessTests(PeerHarnessMixin, TestCase):
+    kind = "prosody"
+    timeout = 120
+
+
+class EjabberdHarnessTests(PeerHarnessMixin, TestCase):
+    kind = "ejabberd"
+    timeout = 180
+
+
+class PeerFederationTests(TestCase):
+    """Prosody and ejabberd chat through the harness: certificates, CA trust and routes work both ways."""
+
+    timeout = 240
+
+    async def federate(self, prosody_ca: TestCA, ejabberd_ca: TestCA, **options) -> tuple[PeerServer, PeerServer]:
+        """bob@prosody.test and carol@ejabberd.test send each other a chat message; both arrive."""
+        ejabberd_s2s = free_port()  # Prosody's route needs it before ejabberd starts
+        prosody = await start_prosody(self, "prosody.test", ca=prosody_ca, **options,
+                                      routes={"ejabberd.test": ("127.0.0.1", ejabberd_s2s)})
+        ejabberd = await start_ejabberd(self, "ejabberd.test", ca=ejabberd_ca, s2s_port=ejabberd_s2s, **options,
+                                        routes={"prosody.test": ("127.0.0.1", prosody.s2s_port)})
+        await prosody.add_user("bob", "pw-bob")
+        await ejabberd.add_user("carol", "pw-carol")
+        bob, carol = await defer.gatherResults([
+            defer.ensureDeferred(run_clients(prosody, [{
+                "jid": "bob@prosody.test", "password": "pw-bob", "expect": 1,
+                "send": [{"to": "carol@ejabberd.test", "body": "hi carol"}]}], timeout=60)),
+            defer.ensureDeferred(run_clients(ejabberd, [{
+                "jid": "carol@ejabberd.test", "password": "pw-carol", "expect": 1,
+                "send": [{"to": "bob@prosody.test", "body": "hi bob"}]}], timeout=60)),
+        ], consumeErrors=True)
+        logs = prosody.logs()[-8000:] + ejabberd.logs()[-8000:]
+        self.assertEqual([m["body"] for m in bob[0]["received"]], ["hi bob"], f"{bob}\n{logs}")
+        self.assertEqual(bob[0]["received"][0]["from"].split("/")[0], "carol@ejabberd.test")
+        self.assertEqual([m["body"] for m in carol[0]["received"]], ["hi carol"], f"{carol}\n{logs}")
+        self.assertEqual(carol[0]["received"][0]["from"].split("/")[0], "bob@prosody.test")
+        return prosody, ejabberd
+
+    async def test_sasl_external_both_ways(self) -> None:
+        """Secure auth without dialback: only EXTERNAL (XEP-0178) with the test CA's certificates can work."""
+        prosody, ejabberd = await self.federate(test_ca(), test_ca(), secure_auth=True, dialback=False)
+        with open(ejabberd.log_path) as log:
+            text = log.read()
+        self.assertRegex(text, r"Accepted inbound s2s EXTERNAL authentication prosody\.test -> ejabberd\.test")
+        self.assertRegex(text, r"Accepted outbound s2s EXTERNAL authentication ejabberd\.test -> prosody\.test")
+
+    async def test_dialback_with_untrusted_certificates(self) -> None:
+        """Each trusts a different CA: neither certificate verifies, so dialback (XEP-0220) authenticates."""
+        prosody, ejabberd = await self.federate(test_ca(), make_ca("other test CA"), secure_auth=False,
+                                                dialback=True)
+        with open(ejabberd.log_path) as log:
+            text = log.read()
+        self.assertRegex(text, r"Accepted inbound s2s dialback authentication prosody\.test -> ejabberd\.test")
+        self.assertRegex(text, r"Accepted outbound s2s dialback authentication ejabberd\.test -> prosody\.test")
+
+
+class MissingPeerTests(TestCase):
+    """Without the peer's package the tests that need it skip and say why."""
+
+    async def test_missing_prosody_skips(self) -> None:
+        self.patch(peers, "PROSODY", "/nonexistent/prosody")
+        with self.assertRaises(SkipTest) as caught:
+            await start_prosody(self, "prosody.test", ca=test_ca())
+        self.assertIn("/nonexistent/prosody missing", str(caught.exception))
+
+    async def test_missing_ejabberd_skips(self) -> None:
+        self.patch(peers, "EJABBERDCTL", "/nonexistent/ejabberdctl")
+        with self.assertRaises(SkipTest) as caught:
+            await start_ejabberd(self, "ejabberd.test", ca=test_ca())
+        self.assertIn("/nonexistent/ejabberdctl missing", str(caught.exception))
