@@ -270,3 +270,55 @@ class StatusTests(FederationCase):
         self.assertEqual(seen, {("b.test", "out", "established", "EXTERNAL"),
                                 ("b.test", "in", "established", "EXTERNAL")}, text)
         self.assertTrue(all(line[6] in ("TLSv1.2", "TLSv1.3") for line in lines), text)
+
+
+class DNSTests(FederationCase):
+    """a.test finds b.test by DNS SRV (XEP-0368 direct TLS preferred), from a DNS server the test runs."""
+
+    async def setUp(self) -> None:
+        from twisted.names import dns
+
+        from tests.test_s2s_resolve import DNSServerMixin, Zone, srv
+
+        self.b_ports = {}
+        mixin = DNSServerMixin()
+        mixin.addCleanup = self.addCleanup
+        mixin.fail = self.fail
+        self.zone = Zone(b"b.test", {})
+        self.dns_address = mixin.start_dns(self.zone)
+        self.extra = {"a.test": f"s2s/dns-servers[s]={self.dns_address[0]}:{self.dns_address[1]}\n"}
+        self.srv, self.record = srv, dns.Record_A
+        self.domains = await start_domains(self, extra=self.extra, unmapped=(("a.test", "b.test"),))
+        self.a, self.b = self.domains["a.test"], self.domains["b.test"]
+        self.ca = ca_path(self)
+        self.zone.records.update({
+            b"_xmpps-server._tcp.b.test": [srv(5, 0, self.b.s2s_tls_port, "xmpp.b.test")],
+            b"_xmpp-server._tcp.b.test": [srv(10, 0, self.b.s2s_port, "xmpp.b.test")],
+            b"xmpp.b.test": [dns.Record_A("127.0.0.1", ttl=60)],
+        })
+
+    async def test_srv_direct_tls_first(self) -> None:
+        got_bob, _ = await deferToThread(self.chat)
+        self.assertEqual(got_bob.findtext(f"{CLIENT}body"), "hello from a")
+        out = [line for line in self.a.federation.status() if line["direction"] == "out"]
+        self.assertEqual([(line["remote"], line["direct_tls"], line["auth"]) for line in out],
+                         [("b.test", True, "EXTERNAL")])
+
+    async def test_starttls_when_direct_tls_is_refused(self) -> None:
+        self.zone.records[b"_xmpps-server._tcp.b.test"] = [self.srv(5, 0, 1, "xmpp.b.test")]  # nothing on port 1
+        got_bob, _ = await deferToThread(self.chat)
+        self.assertEqual(got_bob.findtext(f"{CLIENT}body"), "hello from a")
+        out = [line for line in self.a.federation.status() if line["direction"] == "out"]
+        self.assertEqual([(line["remote"], line["direct_tls"]) for line in out], [("b.test", False)])
+
+    async def test_no_such_domain_bounces_not_found(self) -> None:
+        def send() -> object:
+            alice = client(self.a, "alice", ca=self.ca)
+            try:
+                alice.send("<message to='x@nowhere.b.test' type='chat' id='n1'><body>x</body></message>")
+                return alice.until(f"{CLIENT}message")
+            finally:
+                alice.close()
+
+        bounced = await deferToThread(send)
+        self.assertEqual((bounced.get("type"), error_of(bounced)), ("error", "remote-server-not-found"))

@@ -61,13 +61,15 @@ def s2s_lines(domain: Domain, peers: dict[str, tuple[int, bool]], ca: str | None
 
 async def start_domains(test: TestCase, names: tuple[str, ...] = ("a.test", "b.test"), *,
                         direct_tls: bool = False, trusted: bool = True, extra: dict[str, str] | None = None,
+                        unmapped: tuple[tuple[str, str], ...] = (),
                         users: tuple[str, ...] = ("alice", "bob", "carol")) -> dict[str, Domain]:
-    """Start one server per domain, each reaching the others (over direct TLS when ``direct_tls``)."""
+    """Start one server per domain, each reaching the others (over direct TLS when ``direct_tls``) by its static
+    map, except the (from, to) pairs of ``unmapped`` (DNS decides there)."""
     domains = {name: Domain(name, free_port(), free_port()) for name in names}
     ca = ca_path(test) if trusted else None
     for domain in domains.values():
         peers = {other.name: ((other.s2s_tls_port, True) if direct_tls else (other.s2s_port, False))
-                 for other in domains.values() if other is not domain}
+                 for other in domains.values() if other is not domain and (domain.name, other.name) not in unmapped}
         config = s2s_lines(domain, peers, ca, (extra or {}).get(domain.name, ""))
         domain.running = await start_server(test, config, domains=(domain.name,))
         for user in users:

@@ -184,6 +184,9 @@ class OutgoingLink:
         condition = getattr(error, "condition", "remote-server-timeout")
         if isinstance(error, ConnectionError):
             condition = "remote-server-timeout"
+        reasons = [reason for _, reason in getattr(error, "reasons", ())]
+        if reasons and all(reason.startswith("DNSLookupError") for reason in reasons):
+            condition = "remote-server-not-found"  # no address at all for the domain (RFC 6120 §8.3.3.16)
         self.last_error = str(error)
         log.info("s2s out {local} -> {remote}: cannot connect: {why}", local=self.local, remote=self.remote,
                  why=error)

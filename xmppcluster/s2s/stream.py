@@ -635,4 +635,5 @@ class OutgoingStream(ServerStream):
         d.callback(element.getAttribute("type") == "valid")
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "local": self.local, "remote": self.remote, "state": self.state}
+        return {**super().status(), "local": self.local, "remote": self.remote, "state": self.state,
+                "direct_tls": self.direct_tls}
