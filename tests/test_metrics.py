@@ -5,6 +5,7 @@ two-node cluster of real ``twistd`` processes."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import pathlib
 import re
@@ -249,11 +250,16 @@ class NodeMetricsTests(TestCase):
         csp = headers["content-security-policy"]
         self.assertIn("default-src 'none'", csp)
         self.assertNotIn("unsafe-inline", csp)
+        style = re.search(r"<style>(.*?)</style>", page, re.S).group(1)  # the one style block, allowed by its hash
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        self.assertIn(f"style-src 'sha256-{digest}'", csp)
+        self.assertIn("s ago</text>", page)
         self.assertNotIn("<script", page)
         self.assertIn("node1.test", page)
         self.assertIn("<svg", page)
         self.assertNotIn("http://", page.replace("http://www.w3.org/2000/svg", ""))  # no external asset
         self.assertIn("<tr><td>localhost</td><td>1</td><td>0</td><td>0</td><td>1</td></tr>", page)
+        self.assertIn("<td class='text up'>this node</td>", page)
         self.assertEqual((await deferToThread(fetch, self.port, "/"))[2], page)
         self.assertEqual((await deferToThread(fetch, self.port, "/nothing"))[0], 404)
 
@@ -423,8 +429,8 @@ class ClusterStatusTests(TestCase):
             for _ in range(3):
                 bob.until("{jabber:client}message")
             # /status renders the membership rows sampled every second: wait until t1's shows t2's session.
-            page = wait_until(lambda: (p := fetch(metrics_ports[t1], "/status")[2])
-                              and f"<tr><td>{t2}</td><td class='up'>link up</td>" in p and p, 20)
+            row = re.compile(f"<tr><td>{re.escape(t2)}</td><td class='text up'>link up</td><td>[^<]*</td><td>1</td>")
+            page = wait_until(lambda: (p := fetch(metrics_ports[t1], "/status")[2]) and row.search(p) and p, 20)
             # A node renders /metrics at most twice a second: wait for a rendering after the traffic.
             wait_until(lambda: value(samples(fetch(metrics_ports[t2])[2]), "xmpp_stanzas_sent_total", kind="message")
                        > value(before[t2], "xmpp_stanzas_sent_total", kind="message"), 10)
@@ -436,9 +442,12 @@ class ClusterStatusTests(TestCase):
 
         result = await deferToThread(scenario)
         page, before, after = result["page"], result["before"], result["after"]
-        self.assertIn(f"<tr><td>{t1}</td><td class='up'>this node</td>", page)
-        self.assertIn(f"<tr><td>{t2}</td><td class='up'>link up</td>", page)
-        self.assertIn(f"<tr><td>{t1}</td><td class='up'>link up</td>", result["page2"])
+        with open("status-t1.html", "w", encoding="utf-8") as out:  # kept in the trial temp directory
+            out.write(page)
+        self.assertIn(f"<tr><td>{t2}</td><td class='text up'>up</td>", page)  # t1's link to t2
+        self.assertIn(f"<tr><td>{t1}</td><td class='text up'>this node</td>", page)
+        self.assertIn(f"<tr><td>{t2}</td><td class='text up'>link up</td>", page)
+        self.assertIn(f"<tr><td>{t1}</td><td class='text up'>link up</td>", result["page2"])
         self.assertEqual(value(after[t1], "xmpp_cluster_routed_sent_total")
                          - value(before[t1], "xmpp_cluster_routed_sent_total"), 3)
         self.assertEqual(value(after[t2], "xmpp_cluster_routed_received_total")

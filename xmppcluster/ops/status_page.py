@@ -23,7 +23,7 @@ STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;background:#fff}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}.up{color:#176b24}.down{color:#b00020}.stale{color:#a15c00}
+th:first-child,td:first-child,td.text,th.text{text-align:left}.up{color:#176b24}.down{color:#b00020}.stale{color:#a15c00}
 svg{background:#fff;border:1px solid #ccc}.note{color:#666}
 """
 #: The page may use its own style block and nothing else: no script, image, font, frame or form target.
@@ -56,11 +56,11 @@ def _nodes(metrics: NodeMetrics, now: float) -> list[str]:
     server = metrics.server
     cluster = server.cluster
     local = sum(1 for s in server.sessions if s.node is None)
-    out = ["<h2>Nodes</h2><table><tr><th>node</th><th>state</th><th>last report</th><th>sessions</th>"
-           "<th>links (peer: its sessions seen there)</th></tr>"]
+    out = ["<h2>Nodes</h2><table><tr><th>node</th><th class='text'>state</th><th>last report</th><th>sessions</th>"
+           "<th class='text'>links (peer: its sessions seen there)</th></tr>"]
     if cluster is None:
-        out.append(f"<tr><td>{escape(server.node_name)}</td><td class='up'>this node</td><td>-</td>"
-                   f"<td>{local}</td><td>not clustered</td></tr></table>")
+        out.append(f"<tr><td>{escape(server.node_name)}</td><td class='text up'>this node</td><td>-</td>"
+                   f"<td>{local}</td><td class='text'>not clustered</td></tr></table>")
         return out
     rows = {row.name: row for row in metrics.nodes}
     stale_after = max(3 * cluster.failure_timeout, 5.0)
@@ -80,8 +80,8 @@ def _nodes(metrics: NodeMetrics, now: float) -> list[str]:
         seen = f"{now - row.last_seen:.0f} s ago" if row is not None else "never"
         sessions = local if name == cluster.name else (row.sessions if row is not None else "-")
         links = ", ".join(f"{escape(peer)}: {count}" for peer, count in sorted(row.links.items())) if row else "-"
-        out.append(f"<tr><td>{escape(name)}</td><td class='{css}'>{escape(state)}</td><td>{seen}</td>"
-                   f"<td>{sessions}</td><td>{links or '-'}</td></tr>")
+        out.append(f"<tr><td>{escape(name)}</td><td class='text {css}'>{escape(state)}</td><td>{seen}</td>"
+                   f"<td>{sessions}</td><td class='text'>{links or '-'}</td></tr>")
     out.append("</table>")
     out += _links(cluster)
     return out
@@ -90,7 +90,7 @@ def _nodes(metrics: NodeMetrics, now: float) -> list[str]:
 def _links(cluster: Any) -> list[str]:
     delivery = cluster.delivery
     now = cluster.clock.seconds()
-    out = ["<h2>Links of this node</h2><table><tr><th>peer</th><th>state</th><th>silent for</th>"
+    out = ["<h2>Links of this node</h2><table><tr><th>peer</th><th class='text'>state</th><th>silent for</th>"
            "<th>unacknowledged</th><th>outbox</th><th>its sessions here</th></tr>"]
     for peer in sorted(set(cluster.peers()) | set(cluster.links)):
         link = cluster.links.get(peer)
@@ -101,7 +101,7 @@ def _links(cluster: Any) -> list[str]:
         silent = f"{max(0.0, now - link.last_heard):.1f} s" if link is not None else "-"
         lag = delivery.sent.get(peer, 0) - delivery.acked.get(peer, 0) if link is not None else "-"
         outbox = len(delivery.outbox.get(peer, ())) if link is not None else "-"
-        out.append(f"<tr><td>{escape(peer)}</td><td class='{css}'>{state}</td><td>{silent}</td><td>{lag}</td>"
+        out.append(f"<tr><td>{escape(peer)}</td><td class='text {css}'>{state}</td><td>{silent}</td><td>{lag}</td>"
                    f"<td>{outbox}</td><td>{cluster.directory.count(peer)}</td></tr>")
     out.append("</table>")
     return out
@@ -132,12 +132,14 @@ def _charts(samples: list[Sample], interval: float) -> list[str]:
         elapsed = max(after.at - before.at, 1e-6)
         rates["received"].append(max(0, after.received - before.received) / elapsed)
         rates["sent"].append(max(0, after.sent - before.sent) / elapsed)
-    return [f"<h2>Sessions on this node ({span})</h2>", chart(sessions, "sessions"),
-            f"<h2>Stanzas per second on this node ({span})</h2>", chart(rates, "stanzas/s")]
+    seconds = samples[-1].at - samples[0].at
+    return [f"<h2>Sessions on this node ({span})</h2>", chart(sessions, "sessions", seconds),
+            f"<h2>Stanzas per second on this node ({span})</h2>", chart(rates, "stanzas/s", seconds)]
 
 
-def chart(series: dict[str, list[float]], unit: str) -> str:
-    """An inline SVG line chart of equally spaced points, one polyline per series, with a legend."""
+def chart(series: dict[str, list[float]], unit: str, seconds: float = 0) -> str:
+    """An inline SVG line chart of equally spaced points, one polyline per series, with a legend; the time
+    axis runs from ``seconds`` ago to now."""
     longest = max((len(v) for v in series.values()), default=0)
     top = max((max(v) for v in series.values() if v), default=0) or 1
     inner_w, inner_h = WIDTH - 2 * MARGIN, HEIGHT - 2 * MARGIN
@@ -148,19 +150,27 @@ def chart(series: dict[str, list[float]], unit: str) -> str:
            f"<line x1='{MARGIN}' y1='{MARGIN}' x2='{MARGIN}' y2='{HEIGHT - MARGIN}' stroke='#999'/>",
            f"<text x='4' y='{MARGIN + 4}' font-size='11'>{_number(top)}</text>",
            f"<text x='4' y='{HEIGHT - MARGIN + 4}' font-size='11'>0</text>",
-           f"<text x='{WIDTH - MARGIN}' y='{HEIGHT - 8}' font-size='11' text-anchor='end'>now</text>"]
+           f"<text x='{WIDTH - MARGIN}' y='{HEIGHT - 8}' font-size='11' text-anchor='end'>now</text>",
+           f"<text x='{MARGIN}' y='{HEIGHT - 8}' font-size='11'>{_ago(seconds)}</text>"]
     legend_x = MARGIN
     for name, values in series.items():
         colour = COLOURS.get(name, "#444")
-        points = " ".join(f"{MARGIN + (i + longest - len(values)) * step:.1f},"
-                          f"{HEIGHT - MARGIN - inner_h * v / top:.1f}" for i, v in enumerate(values))
+        xy = [(WIDTH - MARGIN - (len(values) - 1 - i) * step, HEIGHT - MARGIN - inner_h * v / top)
+              for i, v in enumerate(values)]  # the last value at "now"
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
         out.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{points}'/>")
+        if xy:  # the latest value, visible even as a single point
+            out.append(f"<circle cx='{xy[-1][0]:.1f}' cy='{xy[-1][1]:.1f}' r='3' fill='{colour}'/>")
         last = _number(values[-1]) if values else "0"
         out.append(f"<text x='{legend_x}' y='{MARGIN - 12}' font-size='12' fill='{colour}'>"
                    f"{escape(name)} {last}</text>")
         legend_x += 16 + 8 * (len(name) + len(last))
     out.append("</svg>")
     return "".join(out)
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min ago" if seconds >= 120 else f"{seconds:.0f} s ago"
 
 
 def _number(value: float) -> str:
