@@ -233,3 +233,27 @@ class ConnectionStormTests(S2SAttackCase):
             return extra.error_condition()
 
         self.assertEqual(await deferToThread(attack), "resource-constraint")
+
+
+class PiggybackTests(S2SAttackCase):
+    """One incoming stream, several domain pairs: EXTERNAL for a.test, then <db:result/> for a2.test."""
+
+    async def test_second_domain_on_one_stream(self) -> None:
+        both = os.path.join(os.path.dirname(self.cert_a), "both.pem")
+        make_cert(test_ca(), ["a.test", "a2.test"], both)
+
+        def run() -> tuple[str | None, str, str | None]:
+            bob = RawClient(self.b.c2s_port, domain="b.test", ca_file=self.ca, timeout=20)
+            self.addCleanup(bob.close)
+            bob.login("bob", PASSWORD, "r")
+            bob.send("<presence/>")
+            peer = self.peer(cert=both)
+            peer.login()
+            peer.send(f"<db:result xmlns:db='{DIALBACK}' from='a2.test' to='b.test'>00ff</db:result>")
+            answer = peer.until(f"{{{DIALBACK}}}result").get("type")
+            peer.send("<message from='x@a2.test/r' to='bob@b.test/r' type='chat'><body>via a2</body></message>")
+            body = bob.until(f"{CLIENT}message").findtext(f"{CLIENT}body")
+            peer.send("<message from='x@c.test/r' to='bob@b.test/r' type='chat'><body>forged</body></message>")
+            return answer, body, peer.error_condition()
+
+        self.assertEqual(await deferToThread(run), ("valid", "via a2", "invalid-from"))
