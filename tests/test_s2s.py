@@ -311,6 +311,15 @@ class DNSTests(FederationCase):
         out = [line for line in self.a.federation.status() if line["direction"] == "out"]
         self.assertEqual([(line["remote"], line["direct_tls"]) for line in out], [("b.test", False)])
 
+    async def test_starttls_when_direct_tls_negotiation_fails(self) -> None:
+        """The direct TLS target answers TLS, but is a client port: the stream fails, STARTTLS takes over."""
+        c2s_tls = self.b.running.ports["c2s"]["ssl"]
+        self.zone.records[b"_xmpps-server._tcp.b.test"] = [self.srv(5, 0, c2s_tls, "xmpp.b.test")]
+        got_bob, _ = await deferToThread(self.chat)
+        self.assertEqual(got_bob.findtext(f"{CLIENT}body"), "hello from a")
+        out = [line for line in self.a.federation.status() if line["direction"] == "out"]
+        self.assertEqual([(line["remote"], line["direct_tls"]) for line in out], [("b.test", False)])
+
     async def test_no_such_domain_bounces_not_found(self) -> None:
         def send() -> object:
             alice = client(self.a, "alice", ca=self.ca)

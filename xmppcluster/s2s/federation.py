@@ -159,16 +159,12 @@ class OutgoingLink:
             tls = federation.tls.client_creator(self.local, self.remote, alpn=True) if target.direct_tls else None
             endpoint = endpoint_for(reactor, target, tls, settings.connect_timeout,
                                     resolver=federation.resolver if settings.dns_servers else None)
-            return endpoint.connect(_OutgoingFactory(federation, self, target.direct_tls))
+            # Done once the stream is authenticated: a target whose TLS or authentication fails lets the race
+            # go on to the next one (XEP-0368: direct TLS, then STARTTLS).
+            connected = endpoint.connect(_OutgoingFactory(federation, self, target.direct_tls))
+            return connected.addCallback(lambda stream: stream.ready)
 
         target, stream = await connect_first(reactor, targets, connect_one, timeout=settings.connect_timeout)
-        self.pending = stream
-        timer = reactor.callLater(settings.connect_timeout, stream.give_up, "authentication timed out")
-        try:
-            await stream.ready
-        finally:
-            if timer.active():
-                timer.cancel()
         self.pending = None
         self.connecting = None
         self.stream = stream

@@ -467,7 +467,9 @@ class OutgoingStream(ServerStream):
         self.secure = direct_tls
         self.direct_tls = direct_tls
         self.state = "connecting"  # -> features -> (tls) -> auth -> established
-        self.ready = Deferred()  # fires once stanzas may flow; errbacks with the reason it cannot
+        #: Fires (with this stream) once stanzas may flow; errbacks with the reason they cannot; cancelling it
+        #: closes the stream (a connection race it lost).
+        self.ready: Deferred = Deferred(lambda _: self.close())
         self.verify_ready = False  # db:verify may be sent (the stream is open, TLS on when required)
         self._verifies: dict[str, list[Deferred]] = {}
         self._unsent_verifies: deque[tuple[str, str]] = deque()
