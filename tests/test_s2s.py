@@ -331,3 +331,22 @@ class DNSTests(FederationCase):
 
         bounced = await deferToThread(send)
         self.assertEqual((bounced.get("type"), error_of(bounced)), ("error", "remote-server-not-found"))
+
+
+class SlixmppTests(FederationCase):
+    """Two slixmpp users, one per server: subscription to both, presence, chat (the interop tests' client)."""
+
+    async def test_subscription_presence_chat(self) -> None:
+        from tests.support.federation import federated_pair
+
+        ours = {"host": "127.0.0.1", "port": self.a.c2s_port, "ca": self.ca, "jid": "alice@a.test",
+                "password": PASSWORD}
+        theirs = {"host": "127.0.0.1", "port": self.b.c2s_port, "ca": self.ca, "jid": "bob@b.test",
+                  "password": PASSWORD}
+        alice, bob = await federated_pair(ours, theirs)
+        for result in (alice, bob):
+            self.assertIsNone(result["error"], result)
+            self.assertEqual(result["subscription"], "both", result)
+            self.assertTrue(result["contact_available"], result)
+        self.assertEqual(alice["received"], ["hello from theirs"])
+        self.assertEqual(bob["received"], ["hello from ours"])

@@ -75,3 +75,29 @@ async def start_domains(test: TestCase, names: tuple[str, ...] = ("a.test", "b.t
         for user in users:
             await domain.running.add_user(f"{user}@{domain.name}", PASSWORD)
     return domains
+
+
+async def federated_pair(ours: dict, theirs: dict, timeout: float = 40) -> tuple[dict, dict]:
+    """Run two slixmpp users on two servers at once (tests/clients/slix_federation.py): ``ours`` subscribes
+    to ``theirs``; each spec names host, port, ca, jid, password. Their results."""
+    import json
+    import sys
+
+    from twisted.internet.defer import gatherResults
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def run(spec: dict, contact: str, subscribe: bool, body: str):
+        full = {**spec, "contact": contact, "subscribe": subscribe, "body": body, "timeout": timeout}
+        return getProcessOutputAndValue(sys.executable, ["-m", "tests.clients.slix_federation", json.dumps(full)],
+                                        env=dict(os.environ), path=root)
+
+    results = await gatherResults([run(ours, theirs["jid"], True, "hello from ours"),
+                                   run(theirs, ours["jid"], False, "hello from theirs")])
+    parsed = []
+    for out, err, code in results:
+        if code != 0 or not out.strip():
+            raise AssertionError(f"slixmpp federation client failed ({code}): {err.decode()[-2000:]}")
+        parsed.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return parsed[0], parsed[1]
