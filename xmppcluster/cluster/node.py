@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -38,7 +39,8 @@ from xmppcluster.cluster.directory import Directory, describe, directed_delta, s
 from xmppcluster.cluster.events import Events
 from xmppcluster.cluster.failure import FailureDetector
 from xmppcluster.cluster.link import Link, LinkFactory
-from xmppcluster.cluster.membership import Membership
+from xmppcluster.cluster.membership import Membership, MembershipStore
+from xmppcluster.cluster.status import render
 from xmppcluster.config import ClusterNode
 from xmppcluster.core import events as ev
 from xmppcluster.core.serializer import serialize, start_tag, tag
@@ -137,6 +139,18 @@ class Cluster:
 
     def key_for(self, peer: str) -> bytes:
         return self.membership.key_for(peer)
+
+    async def status(self) -> list[str]:
+        """The cluster as ``xmppcluster cluster-status`` prints it (every node's heartbeat row: state, age,
+        sessions, links), then this node's own view: each peer's link state and the sessions of it known here.
+        For the ad-hoc "cluster status" command (modules reach it as ``server.cluster.status()``)."""
+        rows = await MembershipStore(self.server.storage.db).rows()
+        lines = render(rows, time.time(), max(3 * self.failure_timeout, 5.0))
+        lines.append(f"seen from {self.name} (sessions here: {self._report()[0]}):")
+        for peer in sorted(self.peers()):
+            state = "up" if peer in self.links else "suspect" if self.failure.is_suspect(peer) else "down"
+            lines.append(f"  link to {peer}: {state}, {self.directory.count(peer)} sessions")
+        return lines
 
     def _report(self) -> tuple[int, dict[str, int]]:
         """What this node's row says: its local sessions, and how many of each linked peer's it knows."""

@@ -1,10 +1,13 @@
 """XEP-0030: Service Discovery of the server and, on their behalf, of its accounts.
 
 The server's features are exactly those of the loaded modules that serve the addressed domain, so a
-module switched off in ``--sm-plugins`` disappears from disco#info. Requests to a bare JID are answered
-by the server (XEP-0030 §3.1 and §8) only to the account itself and to entities allowed to see its
-presence (:func:`presence_authorized`); everyone else, and any request for an unknown account, gets
-``service-unavailable`` (disco#info) or an empty list (disco#items), so accounts cannot be harvested.
+module switched off in ``--sm-plugins`` disappears from disco#info. A request for a node of the server is
+answered by the module that owns it (``disco_info``/``disco_items``, e.g. the ad-hoc commands node of
+modules/adhoc.py, which lists only what the requester may run); any other node is item-not-found.
+Requests to a bare JID are answered by the server (XEP-0030 §3.1 and §8) only to the account itself and
+to entities allowed to see its presence (:func:`presence_authorized`); everyone else, and any request for
+an unknown account, gets ``service-unavailable`` (disco#info) or an empty list (disco#items), so accounts
+cannot be harvested.
 """
 
 from __future__ import annotations
@@ -88,16 +91,45 @@ class Disco(Module):
                 found.extend(f for f in module.features if f not in found)
         return found
 
+    def _node(self, method: str, node: str, domain: str, request: domish.Element) -> Any:
+        """The answer of the module that owns ``node`` (its ``disco_info``/``disco_items(node, domain,
+        requester)`` returns non-None); item-not-found when none does."""
+        for module in self.server.modules.values():
+            answer = getattr(module, method, None)
+            if answer is not None and serves(module, domain):
+                found = answer(node, domain, requester(request))
+                if found is not None:
+                    return found
+        raise StanzaError("item-not-found")
+
     @iq("get", INFO, to=("server",))
     def server_info(self, request: domish.Element, sender: Any) -> domish.Element:
-        _no_node(stanzas.first_child(request))
         domain = parse_jid(request["to"]).host
-        return _info(request, ("server", "im"), self.server_features(domain))
+        node = stanzas.first_child(request).getAttribute("node")
+        if not node:
+            return _info(request, ("server", "im"), self.server_features(domain))
+        identities, features = self._node("disco_info", node, domain, request)
+        reply, query = _reply(request, INFO)
+        query["node"] = node
+        for category, kind, name in identities:
+            element = query.addElement("identity")
+            element["category"], element["type"], element["name"] = category, kind, name
+        for feature in features:
+            query.addElement("feature")["var"] = feature
+        return reply
 
     @iq("get", ITEMS, to=("server",))
     def server_items(self, request: domish.Element, sender: Any) -> domish.Element:
-        _no_node(stanzas.first_child(request))
-        return _reply(request, ITEMS)[0]
+        node = stanzas.first_child(request).getAttribute("node")
+        if not node:
+            return _reply(request, ITEMS)[0]
+        items = self._node("disco_items", node, parse_jid(request["to"]).host, request)
+        reply, query = _reply(request, ITEMS)
+        query["node"] = node
+        for jid, item_node, name in items:
+            item = query.addElement("item")
+            item["jid"], item["node"], item["name"] = jid, item_node, name
+        return reply
 
     async def _account_visible(self, bare: str, request: domish.Element, sender: Any) -> bool:
         """Authorized, and the account exists (an anonymous owner exists while it has a session)."""

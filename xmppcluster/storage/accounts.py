@@ -12,6 +12,7 @@ from xmppcluster.auth.credentials import (
     ScramCredentials,
     derive,
 )
+from xmppcluster.auth.mechanisms import AccountDisabled
 from xmppcluster.storage.database import Cursor, Database
 from xmppcluster.storage.errors import AccountExists, NoSuchAccount
 
@@ -105,14 +106,41 @@ class AccountStore:
         if mechanism not in SCRAM_HASHES:
             return None
         rows = await self.db.query(
-            "SELECT salt, iterations, stored_key, server_key FROM account_credentials"
-            " WHERE domain = ? AND username = ? AND mechanism = ?",
+            "SELECT c.salt, c.iterations, c.stored_key, c.server_key, d.disabled_at FROM account_credentials c"
+            " LEFT JOIN accounts_disabled d ON d.domain = c.domain AND d.username = c.username"
+            " WHERE c.domain = ? AND c.username = ? AND c.mechanism = ?",
             (domain, user, mechanism),
         )
         if not rows:
             return None
-        salt, iterations, stored_key, server_key = rows[0]
-        return ScramCredentials(mechanism, bytes(salt), int(iterations), bytes(stored_key), bytes(server_key))
+        salt, iterations, stored_key, server_key, disabled = rows[0]
+        found = ScramCredentials(mechanism, bytes(salt), int(iterations), bytes(stored_key), bytes(server_key))
+        if disabled is not None:  # refused with account-disabled once the password is proven
+            raise AccountDisabled(found)
+        return found
+
+    async def set_disabled(self, user: str, domain: str, disabled: bool) -> None:
+        """Disable (no login) or re-enable ``user@domain``; :class:`NoSuchAccount` if absent."""
+
+        def txn(cursor: Cursor) -> None:
+            if not _exists(cursor, user, domain):
+                raise NoSuchAccount(f"no such user {user}@{domain}")
+            cursor.execute("DELETE FROM accounts_disabled WHERE domain = ? AND username = ?", (domain, user))
+            if disabled:
+                cursor.execute("INSERT INTO accounts_disabled (domain, username, disabled_at) VALUES (?, ?, ?)",
+                               (domain, user, int(time.time())))
+
+        await self.db.interaction(txn, idempotent=True)
+
+    async def is_disabled(self, user: str, domain: str) -> bool:
+        rows = await self.db.query("SELECT 1 FROM accounts_disabled WHERE domain = ? AND username = ?",
+                                   (domain, user))
+        return bool(rows)
+
+    async def disabled(self, domain: str) -> list[str]:
+        """The disabled accounts of ``domain``, as sorted bare JIDs."""
+        rows = await self.db.query("SELECT username FROM accounts_disabled WHERE domain = ?", (domain,))
+        return sorted(f"{user}@{domain}" for (user,) in rows)
 
 
 def _exists(cursor: Cursor, user: str, domain: str) -> bool:
