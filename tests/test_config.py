@@ -479,14 +479,16 @@ class CheckConfigTests(unittest.TestCase):
         self.assertIn("unknown key 'foo/bar' (ignored)", err)
         self.assertNotIn("foo", out)
 
-    def test_admins_reserved(self):
-        """--admins is accepted but does nothing yet: check-config says so (docs/configuration.rst)."""
+    def test_admins_checked_without_notice(self):
+        """--admins is used by the administration commands: checked, prepared, and no notice any more."""
         rc, out, err = self.run_check("--admins=boss@example.com\n")
         self.assertEqual(rc, 0)
-        self.assertEqual(err, config.ADMINS_RESERVED + "\n")
+        self.assertEqual(err, "")
         self.assertIn("c2s 5222 plain accept *", out)
-        self.assertEqual(parse("--admins=boss@example.com").notices(), [config.ADMINS_RESERVED])
-        self.assertEqual(parse("").notices(), [])
+        self.assertEqual(parse("--admins=boss@Example.COM").admins, ["boss@example.com"])
+        self.assertEqual(parse("--admins=boss@example.com").notices(), [])
+        rc, out, err = self.run_check("--admins=not a jid\n")
+        self.assertEqual(rc, 2)
 
     def test_error(self):
         rc, out, err = self.run_check(SEED_ESCAPED + "ws2s/connections/5291/socket=sll\n")

@@ -13,7 +13,6 @@ Config imports nothing else of xmppcluster (tests/test_layers.py).
 """
 
 from xmppcluster.config.builder import (
-    ADMINS_RESERVED,
     ClusterNode,
     Config,
     Listener,
@@ -36,7 +35,6 @@ from xmppcluster.config.sections import (
 )
 
 __all__ = [
-    "ADMINS_RESERVED",
     "GLOBAL",
     "KINDS",
     "VHOST_OPTIONS",

@@ -84,11 +84,6 @@ class ClusterNode:
     address: str | None = None
 
 
-#: Said at start (and by check-config) when --admins is set: the key is accepted and validated, nothing uses it yet.
-ADMINS_RESERVED = ("--admins is reserved for the server administration commands (XEP-0133) and not used yet: "
-                   "the listed JIDs get no extra rights")
-
-
 def _default_node_name() -> str:
     return socket.getfqdn()
 
@@ -145,11 +140,8 @@ class Config:
         return self._vhosts.get(domain.lower()) or self._vhosts[""]
 
     def notices(self) -> list[str]:
-        """What an operator is told at start and by check-config: the warnings, then reserved settings set."""
-        notes = list(self.warnings)
-        if self.admins:
-            notes.append(ADMINS_RESERVED)
-        return notes
+        """What an operator is told at start and by check-config: the warnings."""
+        return list(self.warnings)
 
     def listeners(self, component: str) -> list[Listener]:
         """Listeners of one connection manager (``c2s``, ``bosh``, ``ws2s``, ``cl-comp``), by port."""

@@ -230,8 +230,8 @@ G = GLOBAL
 register(G, "virt-hosts", "s", ["localhost"],
          "Hosted XMPP domains. Each may carry options: ``domain:-anon:register:max-users=1000:-tls-required``.")
 register(G, "admins", "s", [],
-         "Reserved: bare JIDs of the server administrators, checked but not used yet (no JID gets extra rights; "
-         "the XEP-0133 admin commands will use it). When set, start and check-config say so.")
+         "Bare JIDs of the server administrators: they may list and run the XEP-0133 administration commands "
+         "(XEP-0050 ad-hoc commands; docs/administration.rst), everyone else is refused.")
 register(G, "node-name", "S", None, "This node's host name; cluster nodes identify each other by it.",
          default_doc="host's FQDN")
 register(G, "cluster-mode", "B", False, "Run as one node of a cluster (opens the cl-comp listener).")

@@ -152,7 +152,7 @@ PRESENCE_BROADCAST = Event(
 PRESENCE_INITIAL = Event(
     "presence/initial", NOTIFY, "session",
     "follows the broadcast of a session's first available presence",
-    "core/router.py", "presence, offline")
+    "core/router.py", "presence, offline, admin_commands (message of the day)")
 
 # -- rosters ---------------------------------------------------------------------------------------------
 
@@ -200,8 +200,8 @@ OFFLINE_STORING = Event(
 
 ACCOUNT_REMOVED = Event(
     "account/removed", NOTIFY, "user: str, domain: str",
-    "an account was removed (in-band registration's cancel)",
-    "register", "(none yet)")
+    "an account was removed (in-band registration's cancel, the delete-user command)",
+    "register, admin_commands", "(none yet)")
 
 # -- cluster --------------------------------------------------------------------------------------------
 
