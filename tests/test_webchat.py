@@ -246,8 +246,23 @@ class ClusterChat(TestCase):
     async def test_page_from_t2_moves_to_t1_when_t2_dies(self) -> None:
         await self.chat_then_lose_t2("kill")
 
-    async def chat_then_lose_t2(self, how: str) -> None:
+    async def test_login_when_the_chosen_node_died_goes_to_another(self) -> None:
+        """The page read its node list while t2 was up; t2 dies before the user logs in: t1 takes the login."""
         cluster = await self._cluster()
+        browser = self.browser(cluster)
+        await browser.wait_event(lambda e: e.get("event") == "ready")
+        page = f"https://{T1}:{self.https}/chat/"
+        await browser.call("goto", url=page + "config.json")
+        await self._linked(browser, page + "config.json")
+        await browser.call("goto", url=page + f"?node={T2}", waitFor="#converse-login-jid")  # t2 first
+        cluster.kill(T2)
+        await browser.call("login", jid=f"alice@{DOMAIN}", password=PASSWORD)
+        state = (await browser.call("waitConnected", node=T1))["state"]
+        self.assertEqual((state["connectedTo"], state["moves"]), (T1, 1))
+        await browser.call("screenshot", path=self._shot("1-logged-in-on-t1.png"))
+        self.passed = True
+
+    def browser(self, cluster) -> LineProcess:
         spki = spki_sha256(os.path.join(cluster.directory, "certs", "default.pem"))
         rules = ", ".join(f"MAP {name} {address}" for name, address in ADDRESS.items())
         browser = LineProcess("chromium", find_node(), ["node", "webchat.mjs", json.dumps({
@@ -255,6 +270,11 @@ class ClusterChat(TestCase):
         self.addCleanup(browser.stop)
         self.addCleanup(lambda: self.passed or print("\nbrowser events:", *browser.events[-40:], sep="\n",
                                                      file=sys.stderr))
+        return browser
+
+    async def chat_then_lose_t2(self, how: str) -> None:
+        cluster = await self._cluster()
+        browser = self.browser(cluster)
         peer = LineProcess("bob", sys.executable, [sys.executable, "-m", "tests.clients.slix_peer", json.dumps({
             "jid": f"bob@{DOMAIN}/tcp", "password": PASSWORD, "host": "127.0.0.1",
             "port": cluster.ports[T1]["c2s"], "ca": cluster.ca_file})], path=ROOT)

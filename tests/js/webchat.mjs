@@ -8,7 +8,8 @@
 // page reports, {"event": "console", "text"} for the page's console errors.
 //
 // Commands: goto {url, waitFor?: a selector} | login {jid, password} (fills Converse's own login form and submits it) |
-// waitConnected {node?, not?, timeout?} (the page script's state.connectedTo) | openChat {name} (clicks the
+// waitConnected {node?, not?, timeout?} (the page script's state.connectedTo) | waitNext {node, timeout?} (not connected, the next
+// attempt goes to that node) | openChat {name} (clicks the
 // contact in the roster) | send {text} (types into the open chat and presses Enter) | waitText {text, timeout?}
 // (a chat message with that text is shown) | rosterStatus {name} | screenshot {path} | eval {expr} | quit.
 // The page is used as a person would (form, roster, text area); only state and eval read page variables.
@@ -62,6 +63,13 @@ async function main() {
         return s && s.connectedTo && (!node || s.connectedTo === node) && (!not || s.connectedTo !== not);
       }, [node || null, not || null], timeout || 20000);
       return { state: await page.evaluate(() => ({ ...window.xmppclusterWebchat, nodes: undefined })) };
+    },
+    async waitNext({ node, timeout }) {
+      await waitState((node) => {
+        const s = window.xmppclusterWebchat;
+        return s && s.current && s.current.name === node && !s.connectedTo;
+      }, node, timeout || 20000);
+      return {};
     },
     async openChat({ name }) {
       await page.locator("converse-roster .list-item-link", { hasText: name }).first().click();

@@ -108,12 +108,15 @@ def chat_config(server: XMPPServer, domain: str, title: str, *, secure: bool, ow
 
 
 def _origins(urls: list[str]) -> list[str]:
+    """The origins of ``urls``; a WebSocket origin brings its HTTP twin (the page probes a node over HTTP)."""
     seen: list[str] = []
     for url in urls:
         parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in seen:
-            seen.append(origin)
+        twin = {"wss": "https", "ws": "http"}.get(parts.scheme)
+        for scheme in (parts.scheme, twin) if twin else (parts.scheme,):
+            origin = f"{scheme}://{parts.netloc}"
+            if origin not in seen:
+                seen.append(origin)
     return seen
 
 

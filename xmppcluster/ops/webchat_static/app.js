@@ -1,10 +1,12 @@
 // xmppcluster web chat: starts Converse.js on a live node chosen at random (served as /chat/app.js).
 //
 // config.json (from the node that served this page) lists the live nodes with their WebSocket and BOSH URLs.
-// The page connects to one node at random over WebSocket (BOSH when the node has no WebSocket URL, or when
-// Converse falls back after a failed WebSocket).  When the connection drops (the node was drained with a
-// see-other-uri, or died), the next attempt goes to another node: the plugin below changes the URL just
-// before Converse reconnects.  The node list is read again every minute while the page is open.
+// Before every login -- the user's, and each reconnect Converse makes by itself when a connection drops (the
+// node was drained with a see-other-uri, or died) -- the "login" hook below picks the node: first the chosen
+// one (at random, or ?node=NAME) for a fresh login; for a reconnect the node the see-other-uri named, then the
+// others in random order. A node is used when it answers an HTTP request (a probe of its BOSH or WebSocket
+// URL). Converse connects over WebSocket, and falls back to BOSH on the same node when WebSocket fails.
+// The node list is read again every minute while the page is open.
 // No inline script anywhere: the page's Content-Security-Policy allows scripts from this origin only.
 
 "use strict";
@@ -54,29 +56,75 @@
     }
   }
 
+  function httpTwin(url) {
+    // An HTTP URL on the same listener: a WebSocket URL's https:// (or http://) twin answers plain requests.
+    return url.replace(/^wss:/, "https:").replace(/^ws:/, "http:");
+  }
+
+  async function alive(node) {
+    // Any HTTP answer means the node is up; a refused or timed-out connection means it is not. no-cors: the
+    // answer is not read, only whether one came.
+    const url = urlOf(node, "bosh") || httpTwin(urlOf(node, "websocket"));
+    const abort = new AbortController();
+    const timer = window.setTimeout(() => abort.abort(), 4000);
+    try {
+      await fetch(url, { mode: "no-cors", cache: "no-store", credentials: "omit", signal: abort.signal });
+      return true;
+    } catch (e) {
+      return false;
+    } finally {
+      window.clearTimeout(timer);
+    }
+  }
+
+  function candidates(connection) {
+    // A fresh login tries the chosen node first. A reconnect tries the node a see-other-uri named (Strophe put
+    // it in connection.service), then the other nodes in random order, and the node it lost last.
+    const all = state.nodes.filter(usable);
+    const shuffled = all.map((node) => [Math.random(), node]).sort((a, b) => a[0] - b[0]).map((pair) => pair[1]);
+    const current = state.current;
+    if (!connection || !connection.reconnecting) {
+      return current ? [current, ...shuffled.filter((node) => node !== current)] : shuffled;
+    }
+    const named = connection.service ? fromSeeOtherUri(connection.service) : null;
+    const first = named && named !== current ? [named] : [];
+    const others = shuffled.filter((node) => node !== current && !first.includes(node));
+    return [...first, ...others, ...(current ? [current] : [])];
+  }
+
+  function use(api, connection, node) {
+    const ws = urlOf(node, "websocket");
+    const bosh = urlOf(node, "bosh");
+    api.settings.set("websocket_url", ws || undefined);
+    api.settings.set("bosh_service_url", bosh || undefined);
+    if (connection && connection.reconnecting) {
+      // Converse keeps the URL of a connection it re-establishes: change it too, for the transport in use.
+      connection.service = (api.connection.isType("websocket") ? ws : bosh) || ws || bosh;
+    }
+    if (node !== state.current) state.moves += 1;
+    state.current = node;
+  }
+
   function plugin(settings) {
     return {
       initialize() {
         const { api } = this._converse;
-        api.listen.on("will-reconnect", () => {
+        // Before every login, the user's and each automatic reconnect: pick a node that answers.
+        api.listen.on("login", async (context, payload) => {
           const connection = api.connection.get();
-          const previous = state.current ? state.current.name : null;
-          const seen = connection && connection.service ? fromSeeOtherUri(connection.service) : null;
-          const next = seen && seen.name !== previous ? seen : pick(previous);
           state.connectedTo = null;
-          if (!next || !connection) return;
-          state.current = next;
-          state.moves += 1;
-          const ws = urlOf(next, "websocket");
-          const bosh = urlOf(next, "bosh");
-          api.settings.set("websocket_url", ws || undefined);
-          api.settings.set("bosh_service_url", bosh || undefined);
-          const overWebSocket = api.connection.isType("websocket");
-          connection.service = (overWebSocket ? ws : bosh) || ws || bosh;
-          say(settings.title + ": reconnecting to " + next.name);
+          for (const node of candidates(connection)) {
+            say(settings.title + ": trying " + node.name);
+            if (await alive(node)) {
+              use(api, connection, node);
+              say(settings.title + ": connecting to " + node.name);
+              return payload;
+            }
+          }
+          say(settings.title + ": no node answers; trying " + (state.current ? state.current.name : "none"));
+          return payload;
         });
         const connected = () => {
-          // Strophe follows a see-other-uri on its own: the node is the one whose URL the connection uses.
           const connection = api.connection.get();
           const node = (connection && fromSeeOtherUri(connection.service)) || state.current;
           state.current = node;
@@ -85,7 +133,11 @@
         };
         api.listen.on("connected", connected);
         api.listen.on("reconnected", connected);
-        api.listen.on("disconnected", () => { state.connectedTo = null; say(settings.title + ": disconnected"); });
+        api.listen.on("will-reconnect", () => { state.connectedTo = null; });
+        api.listen.on("disconnected", () => {
+          state.connectedTo = null;
+          say(settings.title + ": disconnected");
+        });
       },
     };
   }
