@@ -182,8 +182,8 @@ class InstallCommand(TestCase):
         self.assertIn(f"Converse.js {CONVERSE_VERSION} already installed", done.stdout)
 
 
-class ClusterChat(TestCase):
-    """Converse.js from t2 chats with slixmpp on t1, and moves to t1 when t2 is drained."""
+class BrowserTest(TestCase):
+    """The page in headless Chromium (skipped, with the reason printed, when something it needs is missing)."""
 
     timeout = 180
     passed = False
@@ -200,6 +200,15 @@ class ClusterChat(TestCase):
             reasons.append(f"Converse.js is not installed in {WEBCHAT_DIR} (run `xmppcluster install-webchat`)")
         if reasons:
             skip_test("; ".join(reasons))
+
+    def _shot(self, name: str) -> str:
+        directory = os.path.abspath(os.path.join("webchat-screenshots", self.id().rsplit(".", 1)[-1]))
+        os.makedirs(directory, exist_ok=True)
+        return os.path.join(directory, name)
+
+
+class ClusterChat(BrowserTest):
+    """Converse.js from t2 chats with slixmpp on t1, and moves to t1 when t2 is drained or dies."""
 
     async def _cluster(self):
         cluster = make_cluster(self, 2, f"--webchat-dir={WEBCHAT_DIR}\n")
@@ -234,11 +243,6 @@ class ClusterChat(TestCase):
                 return answer["value"]
             await task.deferLater(reactor, 0.1, lambda: None)
         raise AssertionError(f"t2 never listed t1: {answer['value']}")
-
-    def _shot(self, name: str) -> str:
-        directory = os.path.abspath(os.path.join("webchat-screenshots", self.id().rsplit(".", 1)[-1]))
-        os.makedirs(directory, exist_ok=True)
-        return os.path.join(directory, name)
 
     async def test_page_from_t2_chats_and_moves_to_t1_when_t2_drains(self) -> None:
         await self.chat_then_lose_t2("drain")
@@ -321,8 +325,7 @@ class ClusterChat(TestCase):
         else:
             cluster.kill(T2)
         state = (await browser.call("waitConnected", node=T1, timeout=40000, wait=45))["state"]
-        self.assertEqual(state["connectedTo"], T1)
-        print(f"\nweb chat after t2 {how}: {state}", file=sys.stderr)
+        self.assertEqual((state["connectedTo"], state["moves"]), (T1, 1))  # one move, no reconnect storm
         await browser.call("screenshot", path=self._shot("3-moved-to-t1.png"))
 
         body = f"still there after the {how}?"
@@ -336,3 +339,25 @@ class ClusterChat(TestCase):
         violations = [e for e in browser.events if e.get("event") == "csp"]
         self.assertEqual(violations, [], "the page broke its own Content-Security-Policy")
         self.passed = True
+
+
+class PlainPageOnOneNode(BrowserTest):
+    """``./dev serve``'s case: one node, the page over plain http://localhost, WebSocket over ws://."""
+
+    async def test_login_over_plain_http(self) -> None:
+        running = await start_server(self, f"--webchat-dir={WEBCHAT_DIR}\n", components=("c2s", "bosh", "ws2s"))
+        await running.add_user("alice@localhost", PASSWORD)
+        browser = LineProcess("chromium", find_node(), ["node", "webchat.mjs", json.dumps(
+            {"chromium": find_chromium()})], path=JS)
+        self.addCleanup(browser.stop)
+        await browser.wait_event(lambda e: e.get("event") == "ready")
+        answer = await browser.call("goto", url=f"http://localhost:{running.ports['bosh']['plain']}/",
+                                    waitFor="#converse-login-jid")  # / redirects to /chat/
+        self.assertEqual(answer["status"], 200)
+        await browser.call("login", jid="alice", password=PASSWORD)  # the domain is filled in: localhost
+        state = (await browser.call("waitConnected", node="node1.test"))["state"]
+        ws = running.ports["ws2s"]["plain"]
+        self.assertEqual(state["current"]["websocket"], [f"ws://localhost:{ws}/xmpp-websocket"])
+        await browser.call("screenshot", path=self._shot("plain-http.png"))
+        self.assertEqual([e for e in browser.events if e.get("event") == "csp"], [])
+
