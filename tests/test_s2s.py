@@ -249,7 +249,9 @@ class ResendTests(FederationCase):
 
 
 class StatusTests(FederationCase):
-    """``xmppcluster s2s-status`` lists each node's streams from the database."""
+    """``xmppcluster s2s-status`` lists each node's streams from the database (one each way: no XEP-0288)."""
+
+    extra = {"a.test": "s2s/bidi[B]=false\n", "b.test": "s2s/bidi[B]=false\n"}
 
     async def test_status_lists_streams_with_auth_and_tls(self) -> None:
         import sys
@@ -350,3 +352,30 @@ class SlixmppTests(FederationCase):
             self.assertTrue(result["contact_available"], result)
         self.assertEqual(alice["received"], ["hello from theirs"])
         self.assertEqual(bob["received"], ["hello from ours"])
+
+
+class BidiTests(FederationCase):
+    """XEP-0288: a.test's stream to b.test carries b.test's answers too; nobody opens a second connection."""
+
+    async def test_one_connection_both_ways(self) -> None:
+        got_bob, got_alice = await deferToThread(self.chat)
+        self.assertEqual(got_bob.findtext(f"{CLIENT}body"), "hello from a")
+        self.assertEqual(got_alice.findtext(f"{CLIENT}body"), "hello from b")
+        a_lines = self.a.federation.status()
+        self.assertEqual([(line["direction"], line["bidi"], line["auth"]) for line in a_lines],
+                         [("out", True, "EXTERNAL")])
+        self.assertEqual(self.a.federation.incoming, set())
+        self.assertEqual(len(self.b.federation.incoming), 1)
+        b_link = self.b.federation.links[("b.test", "a.test")]
+        self.assertIs(b_link.stream, next(iter(self.b.federation.incoming)))
+
+    async def test_spoofed_from_on_a_bidirectional_stream(self) -> None:
+        """What b.test sends back on a.test's stream must come from b.test."""
+        await deferToThread(self.chat)
+        incoming = next(iter(self.b.federation.incoming))
+        incoming.send_serialized(b"<message from='boss@c.test' to='alice@a.test/r'><body>forged</body></message>")
+        out = self.a.federation.links[("a.test", "b.test")]
+        from twisted.internet import reactor, task
+
+        while out.stream is not None:  # a.test ends the stream (invalid-from)
+            await task.deferLater(reactor, 0.01, lambda: None)

@@ -23,12 +23,15 @@ class InteropCase(TestCase):
     kind = ""
     peer_domain = ""
     trusted = True
+    bidi = False
 
     async def setUp(self) -> None:
         our_port = free_port()
         ca = test_ca() if self.trusted else make_ca("another CA")
         start = start_prosody if self.kind == "prosody" else start_ejabberd
         options = dict(secure_auth=self.trusted, dialback=not self.trusted)
+        if self.bidi:
+            options["bidi"] = True
         if not self.trusted:
             options["insecure_domains"] = [OURS]
         self.peer = await start(self, self.peer_domain, ca=ca, routes={OURS: ("127.0.0.1", our_port)}, **options)
@@ -58,11 +61,23 @@ class InteropCase(TestCase):
         methods = {(line["direction"], line["auth"]) for line in self.ours.server.federation.status()}
         expected = "EXTERNAL" if self.trusted else "dialback"
         self.assertIn(("out", expected), methods, context)
-        self.assertTrue({("in", expected), ("in", "dialback+cert")} & methods, f"{methods}{context}")
+        if self.bidi:  # Prosody answered on our stream: it never connected to us
+            self.assertEqual(self.ours.server.federation.incoming, set(), context)
+        else:
+            self.assertTrue({("in", expected), ("in", "dialback+cert")} & methods, f"{methods}{context}")
 
 
 class ProsodyExternalTests(InteropCase):
     kind, peer_domain = "prosody", "prosody.test"
+
+    async def test_subscription_presence_chat(self) -> None:
+        await self.exchange()
+
+
+class ProsodyBidiTests(InteropCase):
+    """XEP-0288 with Prosody's mod_s2s_bidi: one connection carries both directions."""
+
+    kind, peer_domain, bidi = "prosody", "prosody.test", True
 
     async def test_subscription_presence_chat(self) -> None:
         await self.exchange()

@@ -326,6 +326,8 @@ register("s2s", "require-encryption", "B", True,
 register("s2s", "secure-auth", "B", True,
          "A remote server must present a certificate valid for its domain (then SASL EXTERNAL, XEP-0178); "
          "only the domains of ``s2s/insecure-domains`` may authenticate with dialback alone (XEP-0220).")
+register("s2s", "bidi", "B", True,
+         "Offer and use XEP-0288 bidirectional streams: one connection carries both directions of a domain pair.")
 register("s2s", "insecure-domains", "s", [],
          "Remote domains allowed to authenticate with dialback over TLS without a valid certificate.")
 register("s2s", "allowed-domains", "s", [],

@@ -172,6 +172,7 @@ class S2SSettings:
 
     require_encryption: bool = True
     secure_auth: bool = True
+    bidi: bool = True
     insecure_domains: frozenset[str] = frozenset()
     allowed_domains: frozenset[str] = frozenset()
     denied_domains: frozenset[str] = frozenset()
@@ -194,6 +195,7 @@ class S2SSettings:
             domain, _, address = entry.partition("=")
             hosts.setdefault(domain.strip().lower(), []).append(parse_host_port(address, 5269))
         return cls(require_encryption=get("s2s", "require-encryption"), secure_auth=get("s2s", "secure-auth"),
+                   bidi=get("s2s", "bidi"),
                    insecure_domains=frozenset(d.lower() for d in get("s2s", "insecure-domains")),
                    allowed_domains=frozenset(d.lower() for d in get("s2s", "allowed-domains")),
                    denied_domains=frozenset(d.lower() for d in get("s2s", "denied-domains")),

@@ -167,6 +167,9 @@ class OutgoingLink:
         target, stream = await connect_first(reactor, targets, connect_one, timeout=settings.connect_timeout)
         self.pending = None
         self.connecting = None
+        if self.stream is not None and not self.stream.closed:  # a bidirectional stream was adopted meanwhile:
+            stream.close()  # it keeps the stanzas (and their confirmations) it already carries
+            return
         self.stream = stream
         self.last_error = ""
         federation.link_established(self)
@@ -221,6 +224,15 @@ class OutgoingLink:
             self.open()
         else:
             self.federation.forget(self)
+
+    def adopt(self, stream: Any) -> None:
+        """A remote server's bidirectional stream (XEP-0288) carries this link's stanzas, unless it has its own."""
+        if self.stream is not None and not self.stream.closed:
+            return
+        self.stream = stream
+        self.last_error = ""
+        self._flush()
+        self.pong()  # schedules the keepalive
 
     # -- dialback verification --------------------------------------------------------------------------------
 
@@ -313,11 +325,14 @@ class Federation:
         if not self.allows(remote):
             self.bounce(stanza, "not-allowed", f"this server does not federate with {remote}")
             return True
+        self._link(local, remote).send(stanza)
+        return True
+
+    def _link(self, local: str, remote: str) -> OutgoingLink:
         link = self.links.get((local, remote))
         if link is None:
             link = self.links[(local, remote)] = OutgoingLink(self, local, remote)
-        link.send(stanza)
-        return True
+        return link
 
     def bounce(self, stanza: domish.Element, condition: str, text: str | None = None) -> None:
         self.server.router.bounce(stanza, condition, text)
@@ -350,10 +365,7 @@ class Federation:
 
     def verify(self, local: str, remote: str, stream_id: str, key: str) -> Deferred:
         """Ask ``remote``'s authoritative server whether ``key`` is valid for our stream ``stream_id``."""
-        link = self.links.get((local, remote))
-        if link is None:
-            link = self.links[(local, remote)] = OutgoingLink(self, local, remote)
-        return link.verify(stream_id, key)
+        return self._link(local, remote).verify(stream_id, key)
 
     # -- incoming ---------------------------------------------------------------------------------------------
 
@@ -363,6 +375,9 @@ class Federation:
 
     def incoming_authenticated(self, stream: IncomingStream, remote: str) -> None:
         self.unauthenticated.discard(stream)
+        if stream.bidi:
+            for local in stream.pairs[remote]:
+                self._link(local, remote).adopt(stream)
         same = sorted((s for s in self.incoming if remote in s.pairs and not s.closed), key=lambda s: s.started)
         for old in same[:max(0, len(same) - self.settings.max_connections_per_domain)]:
             old.fail("conflict", f"more than {self.settings.max_connections_per_domain} streams from {remote}")
@@ -370,6 +385,9 @@ class Federation:
     def incoming_closed(self, stream: IncomingStream, reason: str) -> None:
         self.incoming.discard(stream)
         self.unauthenticated.discard(stream)
+        for link in list(self.links.values()):
+            if link.stream is stream:
+                link.stream_ended(stream, reason)
         log.info("s2s in {id} ({peer}, {who}) closed: {reason}", id=stream.stream_id, peer=stream.peer,
                  who=stream.describe(), reason=reason)
 

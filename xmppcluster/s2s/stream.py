@@ -41,6 +41,8 @@ log = Logger()
 
 SERVER = "jabber:server"
 PING = "urn:xmpp:ping"
+BIDI = "urn:xmpp:bidi"
+BIDI_FEATURE = "urn:xmpp:features:bidi"
 STANZAS = frozenset(("message", "presence", "iq"))
 _PREFIXES = {ns.STREAMS: "stream", dialback.NS: "db"}
 _IN_SCOPE = frozenset(("stream", "db"))
@@ -256,6 +258,7 @@ class IncomingStream(ServerStream):
         #: remote domain -> our domains it may send to (the authenticated pairs)
         self.pairs: dict[str, set[str]] = {}
         self._sasl_done = False
+        self.bidi = False
 
     def describe(self) -> str:
         return ",".join(sorted(self.pairs)) or (self.hint or "?")
@@ -288,6 +291,8 @@ class IncomingStream(ServerStream):
                 mechanisms = features.addElement((ns.SASL, "mechanisms"))
                 mechanisms.addElement("mechanism", content="EXTERNAL")
             features.addChild(dialback.features())
+            if self.settings.bidi:
+                features.addElement((BIDI_FEATURE, "bidi"))
         self.send(features)
 
     def handle(self, element: domish.Element) -> None:
@@ -302,6 +307,8 @@ class IncomingStream(ServerStream):
             self._starttls()
         elif uri == ns.SASL and name == "auth":
             self._auth(element)
+        elif uri == BIDI and name == "bidi" and self.settings.bidi and self.secure and not self.pairs:
+            self.bidi = True  # XEP-0288: we may send our stanzas for its domains back on this stream
         else:
             self.fail("unsupported-stanza-type", f"<{name}/> is not expected here")
 
@@ -475,6 +482,7 @@ class OutgoingStream(ServerStream):
         self._unsent_verifies: deque[tuple[str, str]] = deque()
         self._dialback_offered = False
         self.identity = None
+        self.bidi = False
 
     def describe(self) -> str:
         return f"{self.local} -> {self.remote}"
@@ -533,11 +541,30 @@ class OutgoingStream(ServerStream):
             self._db_result(element)
         elif uri == dialback.NS and name == "verify":
             self._db_verify_answer(element)
+        elif uri == SERVER and name in STANZAS and self.bidi and self.state == "established":
+            self._stanza(element)
         elif uri == SERVER and name == "iq" and element.getAttribute("type") in ("result", "error"):
             to_client_namespace(element)
             self.federation.pong(element)
-        else:  # stanzas are not expected on our own stream (no XEP-0288 here): ignored
+        else:  # stanzas on our own stream without XEP-0288: ignored
             log.debug("s2s out {who}: ignored <{name}/>", who=self.describe(), name=name)
+
+    def _stanza(self, stanza: domish.Element) -> None:
+        """A stanza the peer sent back on our bidirectional stream: from its domain, to one of ours."""
+        frm = domain_of(stanza.getAttribute("from"))
+        to = domain_of(stanza.getAttribute("to"))
+        if frm is None or to is None:
+            self.fail("improper-addressing", "a stanza between servers needs a valid from and to")
+        elif frm != self.remote:
+            self.fail("invalid-from", f"this stream is for {self.remote}")
+        elif not self.server.is_local_domain(to):
+            self.fail("host-unknown", f"{to} is not served here")
+        else:
+            to_client_namespace(stanza)
+            if stanza.name == "iq" and stanza.getAttribute("type") in ("result", "error") and \
+                    self.federation.pong(stanza):
+                return
+            self.federation.received(stanza)
 
     # -- negotiation ---------------------------------------------------------------------------------------
 
@@ -556,6 +583,9 @@ class OutgoingStream(ServerStream):
                 return
         self.verify_ready = True
         self._flush_verifies()
+        if self.settings.bidi and (BIDI_FEATURE, "bidi") in children and not self.bidi:
+            self.send(domish.Element((BIDI, "bidi")))  # XEP-0288: the peer may answer on this stream
+            self.bidi = True
         identity = peer_identity(self.transport, self.remote) if self.secure else None
         self.identity = identity
         if identity is not None and not identity.valid and self.settings.secure_auth and \
@@ -638,4 +668,4 @@ class OutgoingStream(ServerStream):
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "local": self.local, "remote": self.remote, "state": self.state,
-                "direct_tls": self.direct_tls}
+                "direct_tls": self.direct_tls, "bidi": self.bidi}
