@@ -77,7 +77,10 @@ class RemoteSession:
         self.cluster.delivery.route(self.node, xml, self.jid, kept(xml))
 
     def close(self, condition: str, text: str | None = None) -> None:
-        self.cluster.send_event(self.node, element("kick", {"jid": self.jid, "condition": condition}))
+        attrs = {"jid": self.jid, "condition": condition}
+        if text:
+            attrs["text"] = text[:200]
+        self.cluster.send_event(self.node, element("kick", attrs))
 
     def replaced(self) -> None:
         """The owner node ends it when it hears of the newer session."""

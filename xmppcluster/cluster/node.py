@@ -257,7 +257,8 @@ class Cluster:
                 for remote in vanished:  # ended while we could not hear of it: say so, once
                     self.server.hooks.notify(ev.SESSION_UNBOUND, remote, f"gone from {peer}")
         elif name == "kick":
-            self._kick(element.getAttribute("jid") or "", element.getAttribute("condition") or "conflict")
+            self._kick(element.getAttribute("jid") or "", element.getAttribute("condition") or "conflict",
+                       element.getAttribute("text"))
         elif name == "event":
             if self.events.accept(element):
                 self._changed_elsewhere(element)
@@ -275,11 +276,13 @@ class Cluster:
         else:
             log.debug("cluster: <{name}/> from {peer} ignored", name=name, peer=peer)
 
-    def _kick(self, jid: str, condition: str) -> None:
+    def _kick(self, jid: str, condition: str, text: str | None = None) -> None:
+        """A peer ends a session of this node: a newer one took its full JID, or (with ``text``) an
+        administrator's command on that peer did."""
         bare, _, resource = jid.partition("/")
         session = self.server.sessions.get(bare, resource)
         if session is not None and session.node is None:
-            session.close(condition, "replaced by a newer session on another node")
+            session.close(condition, text or "replaced by a newer session on another node")
 
     # -- sending -----------------------------------------------------------------------------------
 
