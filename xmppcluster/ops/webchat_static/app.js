@@ -185,6 +185,7 @@
       loglevel: "warn",
       play_sounds: false,
       show_connection_url_input: false,
+      show_self_in_roster: false,
       theme: "classic",
       view_mode: "fullscreen",
       whitelisted_plugins: ["xmppcluster-nodes"],
