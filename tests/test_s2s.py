@@ -379,3 +379,49 @@ class BidiTests(FederationCase):
 
         while out.stream is not None:  # a.test ends the stream (invalid-from)
             await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class PolicyTests(FederationCase):
+    """s2s/denied-domains on a.test: nothing goes to b.test, and b.test cannot authenticate to a.test."""
+
+    extra = {"a.test": "s2s/denied-domains[s]=b.test\n", "b.test": "s2s/connect-timeout=3\n"}
+
+    async def test_denied_both_ways(self) -> None:
+        def send() -> tuple[object, object]:
+            alice = client(self.a, "alice", ca=self.ca)
+            bob = client(self.b, "bob", ca=self.ca)
+            try:
+                alice.send("<message to='bob@b.test' type='chat' id='d1'><body>x</body></message>")
+                bob.send("<message to='alice@a.test' type='chat' id='d2'><body>x</body></message>")
+                return alice.until(f"{CLIENT}message"), bob.until(f"{CLIENT}message")
+            finally:
+                alice.close()
+                bob.close()
+
+        to_b, to_a = await deferToThread(send)
+        self.assertEqual((to_b.get("id"), error_of(to_b)), ("d1", "not-allowed"))
+        self.assertEqual((to_a.get("id"), error_of(to_a)), ("d2", "remote-server-timeout"))
+
+
+class QueueTests(FederationCase):
+    """While b.test cannot be reached, a.test keeps at most s2s/queue-max-stanzas for it; the rest bounce at once."""
+
+    extra = {"a.test": "s2s/queue-max-stanzas[I]=3\ns2s/connect-timeout=3\n"}
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        await self.b.running.stop()  # nothing listens on b.test's ports any more
+
+    async def test_queue_cap_then_timeout(self) -> None:
+        def send() -> list[tuple[str, str | None]]:
+            alice = client(self.a, "alice", ca=self.ca)
+            try:
+                for n in range(5):
+                    alice.send(f"<message to='bob@b.test' type='chat' id='q{n}'><body>x</body></message>")
+                return [(m.get("id"), error_of(m)) for m in (alice.until(f"{CLIENT}message") for _ in range(5))]
+            finally:
+                alice.close()
+
+        bounced = await deferToThread(send)
+        self.assertEqual(bounced[:2], [("q3", "resource-constraint"), ("q4", "resource-constraint")])
+        self.assertEqual(sorted(bounced[2:]), [(f"q{n}", "remote-server-timeout") for n in range(3)])
