@@ -2,7 +2,8 @@
 
 Each peer starts with its own configuration, a slixmpp client logs in with a user the harness created, its
 outgoing s2s connections follow the test routes (no DNS), and stop leaves no process behind. Prosody and
-ejabberd federate with each other through the harness with SASL EXTERNAL on the test CA's certificates.
+ejabberd federate with each other through the harness: SASL EXTERNAL on the test CA's certificates, dialback
+when the certificates are not trusted, and the secure_auth / insecure_domains policies of each.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import peers
-from tests.support.certs import TestCA, make_ca
+from tests.support.certs import make_ca
 from tests.support.peers import PeerServer, run_clients, start_ejabberd, start_prosody
 from tests.support.server import free_port, test_ca
 
@@ -157,51 +158,79 @@ class EjabberdHarnessTests(PeerHarnessMixin, TestCase):
 
 
 class PeerFederationTests(TestCase):
-    """Prosody and ejabberd chat through the harness: certificates, CA trust and routes work both ways."""
+    """Prosody and ejabberd federate through the harness: certificates, CA trust, policies and routes."""
 
     timeout = 240
 
-    async def federate(self, prosody_ca: TestCA, ejabberd_ca: TestCA, **options) -> tuple[PeerServer, PeerServer]:
-        """bob@prosody.test and carol@ejabberd.test send each other a chat message; both arrive."""
+    async def pair(self, prosody: dict, ejabberd: dict) -> tuple[PeerServer, PeerServer]:
+        """prosody.test (with bob) and ejabberd.test (with carol), each routed to the other."""
         ejabberd_s2s = free_port()  # Prosody's route needs it before ejabberd starts
-        prosody = await start_prosody(self, "prosody.test", ca=prosody_ca, **options,
-                                      routes={"ejabberd.test": ("127.0.0.1", ejabberd_s2s)})
-        ejabberd = await start_ejabberd(self, "ejabberd.test", ca=ejabberd_ca, s2s_port=ejabberd_s2s, **options,
-                                        routes={"prosody.test": ("127.0.0.1", prosody.s2s_port)})
-        await prosody.add_user("bob", "pw-bob")
-        await ejabberd.add_user("carol", "pw-carol")
+        first = await start_prosody(self, "prosody.test", **{"ca": test_ca(), **prosody},
+                                    routes={"ejabberd.test": ("127.0.0.1", ejabberd_s2s)})
+        second = await start_ejabberd(self, "ejabberd.test", **{"ca": test_ca(), **ejabberd}, s2s_port=ejabberd_s2s,
+                                      routes={"prosody.test": ("127.0.0.1", first.s2s_port)})
+        await first.add_user("bob", "pw-bob")
+        await second.add_user("carol", "pw-carol")
+        return first, second
+
+    async def send(self, peer: PeerServer, user: str, to: str, body: str) -> None:
+        sent = await run_clients(peer, [{"jid": peer.jid(user), "password": f"pw-{user}",
+                                         "send": [{"to": to, "body": body}]}])
+        self.assertTrue(sent[0]["authenticated"], sent)
+
+    async def federate(self, prosody: dict, ejabberd: dict) -> tuple[PeerServer, PeerServer]:
+        """bob@prosody.test and carol@ejabberd.test send each other a chat message; both arrive."""
+        peers = await self.pair(prosody, ejabberd)
         bob = {"jid": "bob@prosody.test", "password": "pw-bob"}
         carol = {"jid": "carol@ejabberd.test", "password": "pw-carol"}
         # One direction at a time: a client that has received all it expects disconnects, maybe before its
         # own sends, so the receiver sends nothing. Messages to an offline user wait in offline storage.
-        for peer, sender, other, receiver in ((prosody, bob, ejabberd, carol), (ejabberd, carol, prosody, bob)):
+        for (peer, other), sender, receiver in ((peers, bob, carol), (peers[::-1], carol, bob)):
             body = f"hi {receiver['jid']}"
-            sent, received = await defer.gatherResults([
-                defer.ensureDeferred(run_clients(peer, [{**sender, "send": [{"to": receiver["jid"], "body": body}]}])),
+            _, received = await defer.gatherResults([
+                defer.ensureDeferred(self.send(peer, sender["jid"].split("@")[0], receiver["jid"], body)),
                 defer.ensureDeferred(run_clients(other, [{**receiver, "expect": 1}], timeout=60)),
             ], consumeErrors=True)
-            logs = prosody.logs()[-8000:] + ejabberd.logs()[-8000:]
-            self.assertTrue(sent[0]["authenticated"], sent)
+            logs = peers[0].logs()[-8000:] + peers[1].logs()[-8000:]
             self.assertEqual([m["body"] for m in received[0]["received"]], [body], f"{received}\n{logs}")
             self.assertEqual(received[0]["received"][0]["from"].split("/")[0], sender["jid"])
-        return prosody, ejabberd
+        return peers
 
     async def test_sasl_external_both_ways(self) -> None:
         """Secure auth without dialback: only EXTERNAL (XEP-0178) with the test CA's certificates can work."""
-        prosody, ejabberd = await self.federate(test_ca(), test_ca(), secure_auth=True, dialback=False)
-        with open(ejabberd.log_path) as log:
-            text = log.read()
-        self.assertRegex(text, r"Accepted inbound s2s EXTERNAL authentication prosody\.test -> ejabberd\.test")
-        self.assertRegex(text, r"Accepted outbound s2s EXTERNAL authentication ejabberd\.test -> prosody\.test")
+        strict = {"secure_auth": True, "dialback": False}
+        prosody, ejabberd = await self.federate(strict, strict)
+        await ejabberd.wait_for_log(r"Accepted inbound s2s EXTERNAL authentication prosody\.test -> ejabberd\.test")
+        await ejabberd.wait_for_log(r"Accepted outbound s2s EXTERNAL authentication ejabberd\.test -> prosody\.test")
+        await prosody.wait_for_log(r"Accepting SASL EXTERNAL identity from ejabberd\.test")
 
     async def test_dialback_with_untrusted_certificates(self) -> None:
         """Each trusts a different CA: neither certificate verifies, so dialback (XEP-0220) authenticates."""
-        prosody, ejabberd = await self.federate(test_ca(), make_ca("other test CA"), secure_auth=False,
-                                                dialback=True)
-        with open(ejabberd.log_path) as log:
-            text = log.read()
-        self.assertRegex(text, r"Accepted inbound s2s dialback authentication prosody\.test -> ejabberd\.test")
-        self.assertRegex(text, r"Accepted outbound s2s dialback authentication ejabberd\.test -> prosody\.test")
+        prosody, ejabberd = await self.federate({}, {"ca": make_ca("other test CA")})
+        await ejabberd.wait_for_log(r"Accepted inbound s2s dialback authentication prosody\.test -> ejabberd\.test")
+        await ejabberd.wait_for_log(r"Accepted outbound s2s dialback authentication ejabberd\.test -> prosody\.test")
+
+    async def test_insecure_domains_may_use_dialback(self) -> None:
+        """Secure auth with the other domain listed as insecure: dialback over untrusted TLS is allowed."""
+        prosody, ejabberd = await self.federate(
+            {"secure_auth": True, "insecure_domains": ["ejabberd.test"]},
+            {"secure_auth": True, "insecure_domains": ["prosody.test"], "ca": make_ca("other test CA")})
+        await ejabberd.wait_for_log(r"Accepted inbound s2s dialback authentication prosody\.test -> ejabberd\.test")
+        await ejabberd.wait_for_log(r"Accepted outbound s2s dialback authentication ejabberd\.test -> prosody\.test")
+
+    async def test_prosody_secure_auth_refuses_untrusted_certificate(self) -> None:
+        prosody, ejabberd = await self.pair({"secure_auth": True, "ca": make_ca("other test CA")}, {})
+        await self.send(prosody, "bob", "carol@ejabberd.test", "refused")
+        await prosody.wait_for_log(r"Forbidding insecure connection to/from ejabberd\.test because its certificate "
+                                   r"is not trusted")
+        await prosody.wait_for_log(r"Sending error replies for 1 queued stanzas because of failed outgoing "
+                                   r"connection to ejabberd\.test")
+
+    async def test_ejabberd_secure_auth_refuses_untrusted_certificate(self) -> None:
+        prosody, ejabberd = await self.pair({"ca": make_ca("other test CA")}, {"secure_auth": True})
+        await self.send(ejabberd, "carol", "bob@prosody.test", "refused")
+        await ejabberd.wait_for_log(r"Failed to establish outbound s2s connection ejabberd\.test -> prosody\.test: "
+                                    r"Peer certificate rejected")
 
 
 class MissingPeerTests(TestCase):
@@ -218,3 +247,4 @@ class MissingPeerTests(TestCase):
         with self.assertRaises(SkipTest) as caught:
             await start_ejabberd(self, "ejabberd.test", ca=test_ca())
         self.assertIn("/nonexistent/ejabberdctl missing", str(caught.exception))
+

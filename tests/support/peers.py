@@ -30,11 +30,12 @@ normally does (and fail: there is no DNS for test domains).
   lookups of other domains fail at once. (``outgoing_s2s_port`` alone could not give two domains two ports.)
 
 Authentication policy: ``secure_auth`` (Prosody ``s2s_secure_auth``; ejabberd: mod_s2s_dialback's ``access``
-denies dialback, i.e. requires a valid certificate, for outgoing connections to all but
-``insecure_domains``), ``dialback`` (load mod_dialback / mod_s2s_dialback; without it only EXTERNAL can
+denies dialback to all but ``insecure_domains``, which makes ejabberd verify the certificate of every other
+server it connects to), ``dialback`` (load mod_dialback / mod_s2s_dialback; without it only EXTERNAL can
 authenticate), ``insecure_domains`` (Prosody ``s2s_insecure_domains``). Both require TLS on s2s
-(``s2s_require_encryption`` / ``s2s_use_starttls: required``). ejabberd accepts incoming dialback whenever
-mod_s2s_dialback is loaded; its access rule only governs its own outgoing certificate checks.
+(``s2s_require_encryption`` / ``s2s_use_starttls: required``). ejabberd's access rule acts on its outgoing
+connections only; an incoming dialback request is still refused for an untrusted server because the
+connection ejabberd opens back to verify the key checks that server's certificate.
 
 Logs: Prosody ``<dir>/prosody.log`` (debug level by default: every stanza sent and received) and
 ``prosody.out``; ejabberd ``<dir>/logs/ejabberd.log`` and ``error.log`` (``log_level``, default info: one
@@ -114,6 +115,22 @@ class PeerServer:
                 with open(path, errors="replace") as log:
                     text.append(f"--- {path}\n{log.read()}")
         return "\n".join(text)
+
+    async def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        """Wait until the peer's log has a line matching ``pattern`` (a regex); the match.
+
+        Polls the log file without blocking the reactor; AssertionError with the log after ``timeout``.
+        """
+        regex = re.compile(pattern)
+        for _ in range(int(timeout / 0.05)):
+            if os.path.exists(self.log_path):
+                with open(self.log_path, errors="replace") as log:
+                    match = regex.search(log.read())
+                if match:
+                    return match
+            await deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError(f"no line matching {pattern!r} in the {self.kind} log after {timeout} s:\n"
+                             f"{self.logs()[-6000:]}")
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
