@@ -12,12 +12,13 @@ import os
 import re
 import socket
 
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, endpoints, protocol, reactor
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import peers
-from tests.support.certs import make_ca
+from tests.support.certs import make_ca, make_cert
 from tests.support.peers import PeerServer, run_clients, start_ejabberd, start_prosody
 from tests.support.server import free_port, test_ca
 
@@ -62,6 +63,53 @@ def listen_for_first_bytes(test: TestCase) -> tuple[int, defer.Deferred]:
     listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
     test.addCleanup(listening.stopListening)
     return port, factory.first
+
+
+class FeaturesCatcher(protocol.Protocol):
+    """Sends an s2s stream header on connect; fires ``done`` with (header, features) once features arrive."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.data = b""
+        self.done: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(
+            f"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
+            f"xmlns:db='jabber:server:dialback' to='{self.domain}' from='remote.test' version='1.0'>".encode())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        text = self.data.decode(errors="replace")
+        end = re.search(r"</stream:features>|<stream:features\s*/>", text)
+        if end and not self.done.called:
+            header = re.search(r"<stream:stream[^>]*>", text)
+            self.done.callback((header.group(0) if header else "", text[text.index("<stream:features"):end.end()]))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        if not self.done.called:
+            self.done.errback(AssertionError(f"stream ended before its features: {self.data!r}"))
+
+
+async def s2s_features(peer: PeerServer, client_certificate: bool = False) -> tuple[str, str]:
+    """Open a direct TLS s2s stream from remote.test to ``peer``; its stream header and stream features.
+
+    Without ``client_certificate`` the peer's certificate is verified for its domain with the test CA;
+    with it, remote.test presents a certificate (and chain) from the test CA.
+    """
+    ca = test_ca()
+    if client_certificate:
+        leaf, pem = make_cert(ca, ["remote.test"])
+        options = CertificateOptions(privateKey=serialization.load_pem_private_key(pem, password=None),
+                                     certificate=leaf, extraCertChain=list(ca.chain))
+    else:
+        options = optionsForClientTLS(peer.domain, trustRoot=ca.trust_root())
+    endpoint = endpoints.wrapClientTLS(options, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                                                             peer.s2s_tls_port))
+    client = FeaturesCatcher(peer.domain)
+    await endpoints.connectProtocol(endpoint, client)
+    return await client.done.addTimeout(20, reactor)
 
 
 def assert_stopped(test: TestCase, peer: PeerServer, pgid: int) -> None:
@@ -127,29 +175,39 @@ class PeerHarnessMixin:
         self.assertEqual(data[:1], b"\x16", data[:40])  # a TLS handshake record
         self.assertIn(b"remote.test", data)  # SNI
 
-    @defer.inlineCallbacks
-    def test_direct_tls_listener(self):
-        """``direct_tls=True``: the peer's s2s_tls_port speaks TLS with its certificate and answers a stream."""
-        ca = test_ca()
-        domain = f"{self.kind}.test"
-        peer = yield defer.ensureDeferred(self.start(domain, direct_tls=True))
+    async def test_direct_tls_listener_and_features(self) -> None:
+        """``direct_tls=True``: s2s_tls_port speaks TLS with the peer's certificate; dialback is offered."""
+        peer = await self.start(f"{self.kind}.test", direct_tls=True)
         self.assertIsNotNone(peer.s2s_tls_port)
-        endpoint = endpoints.wrapClientTLS(optionsForClientTLS(domain, trustRoot=ca.trust_root()),
-                                           endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", peer.s2s_tls_port))
-        client = StreamHeaderCatcher()
-        client.factory = protocol.Factory()
-        client.factory.headers = defer.Deferred()
-        yield endpoints.connectProtocol(endpoint, client)
-        client.transport.write(
-            f"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
-            f"to='{domain}' from='remote.test' version='1.0'>".encode())
-        header = yield client.factory.headers.addTimeout(20, reactor)
-        self.assertRegex(header, rf"""from=["']{domain}["']""")
+        header, features = await s2s_features(peer)
+        self.assertRegex(header, rf"""from=["']{self.kind}\.test["']""")
+        self.assertIn("urn:xmpp:features:dialback", features)
+
+    async def test_external_offered_to_a_trusted_certificate(self) -> None:
+        """A remote server with a certificate from the test CA is offered SASL EXTERNAL."""
+        peer = await self.start(f"{self.kind}.test", direct_tls=True)
+        _, features = await s2s_features(peer, client_certificate=True)
+        self.assertRegex(features, r"<mechanism>EXTERNAL</mechanism>")
+
+    async def test_without_dialback_no_dialback_feature(self) -> None:
+        peer = await self.start(f"{self.kind}.test", direct_tls=True, dialback=False)
+        _, features = await s2s_features(peer, client_certificate=True)
+        self.assertRegex(features, r"<mechanism>EXTERNAL</mechanism>")
+        self.assertNotIn("urn:xmpp:features:dialback", features)
 
 
 class ProsodyHarnessTests(PeerHarnessMixin, TestCase):
     kind = "prosody"
     timeout = 120
+
+    async def test_bidi(self) -> None:
+        """``bidi=True`` loads mod_s2s_bidi: XEP-0288 is offered on an encrypted stream; not by default."""
+        peer = await self.start("prosody.test", direct_tls=True, bidi=True)
+        _, features = await s2s_features(peer)
+        self.assertIn("urn:xmpp:features:bidi", features)
+        plain = await self.start("plain.test", direct_tls=True)
+        _, features = await s2s_features(plain)
+        self.assertNotIn("urn:xmpp:features:bidi", features)
 
 
 class EjabberdHarnessTests(PeerHarnessMixin, TestCase):
