@@ -56,7 +56,7 @@ class AdminCommand(Command):
         self.server = admin.server
 
     def allowed(self, requester: str | None, domain: str) -> bool:
-        return requester is not None and requester in self.admin.admins
+        return requester is not None and requester in self.admin.admins and self.admin.serves(domain)
 
     async def form(self, ctx: Context) -> domish.Element | None:
         if self.fields is None:
