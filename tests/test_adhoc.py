@@ -255,3 +255,24 @@ class SessionTests(SynchronousTestCase):
         (info,) = self.alice.take("iq")
         identity = next(next(info.elements()).elements("http://jabber.org/protocol/disco#info", "identity"))
         self.assertEqual((identity["category"], identity["type"]), ("automation", "command-node"))
+
+    def test_execute_completes_and_cancel_cancels(self) -> None:
+        bob = Client(self.server, "bob", "pc")
+        announce = f"{ADMIN}#announce"
+        sid = next(self.execute(self.alice, announce).elements(COMMANDS, "command"))["sessionid"]
+        form = ("<x xmlns='jabber:x:data' type='submit'><field var='announcement'><value>hi</value></field></x>")
+        self.alice.send(f"<iq type='set' id='c' to='localhost'><command xmlns='{COMMANDS}' node='{announce}'"
+                        f" sessionid='{sid}' action='execute'>{form}</command></iq>")  # execute = the default action
+        replies = self.alice.take()
+        done = next(r for r in replies if r.name == "iq")
+        command = next(done.elements(COMMANDS, "command"))
+        self.assertEqual((command["status"], command["sessionid"]), ("completed", sid))
+        self.assertEqual(str(next(command.elements(COMMANDS, "note"))), "Sent to 2 sessions")
+        (headline,) = bob.take("message")
+        self.assertEqual((headline["type"], headline["from"], str(next(headline.elements("jabber:client", "body")))),
+                         ("headline", "localhost", "hi"))
+        sid = next(self.execute(self.alice, announce).elements(COMMANDS, "command"))["sessionid"]
+        canceled = next(self.execute(self.alice, announce, sessionid=sid, action="cancel").elements(COMMANDS,
+                                                                                                   "command"))
+        self.assertEqual(canceled["status"], "canceled")
+        self.assertEqual(self.module.sessions, {})
