@@ -28,6 +28,7 @@ _PROCEED = re.compile(rb"<proceed[^>]*/?>")
 _CHALLENGE = re.compile(rb"<challenge[^>]*>([^<]*)</challenge>|<(failure)")
 _SUCCESS = re.compile(rb"<success[^>]*(?:/>|>[^<]*</success>)|<(failure)")
 _END = b"</message>"
+_ERROR = b"<error"
 _STAMP = re.compile(rb"id=[\"']L(\d+)")
 _SALTED: dict[tuple[str, bytes, int], bytes] = {}
 
@@ -241,21 +242,25 @@ async def connect(host: str, port: int, domain: str, *, websocket: str | None = 
 
 
 class Counter:
-    """Counts complete ``</message>`` ends in a byte stream (split-safe); calls ``on_count(n)``."""
+    """Counts complete ``</message>`` ends in a byte stream (split-safe); calls ``on_count(n)``. ``errors``
+    counts the ``<error`` elements among them (bounces also end with ``</message>``)."""
 
-    __slots__ = ("rest", "total", "on_count")
+    __slots__ = ("rest", "total", "errors", "on_count")
 
     def __init__(self, on_count: Callable[[int], None] | None = None) -> None:
         self.rest = b""
         self.total = 0
+        self.errors = 0
         self.on_count = on_count
 
     def __call__(self, data: bytes) -> None:
         data = self.rest + data if self.rest else data
         n = data.count(_END)
         if n:
-            self.rest = data[data.rfind(_END) + len(_END):]
+            end = data.rfind(_END)
+            self.rest = data[end + len(_END):]
             self.total += n
+            self.errors += data.count(_ERROR, 0, end)
             if self.on_count is not None:
                 self.on_count(n)
         else:
@@ -296,7 +301,8 @@ async def saturate(pairs: list[tuple[Client, Client]], window: int, warmup: floa
     """Each sender keeps ``window`` messages in flight to its receiver; received messages/s over ``seconds``.
 
     With ``cpu`` (a function returning the servers' CPU seconds so far), ``stats["cpu_us_per_message"]``
-    is the servers' CPU per delivered message over the same window."""
+    is the servers' CPU per delivered message over the same window. ``stats["errors"]``: error stanzas
+    (bounces) among the messages counted, warm-up included."""
     counters = []
     running = [True]
     for sender, receiver in pairs:
@@ -319,6 +325,8 @@ async def saturate(pairs: list[tuple[Client, Client]], window: int, warmup: floa
     rate = delivered / (time.perf_counter() - start)
     if cpu and stats is not None:
         stats["cpu_us_per_message"] = (cpu() - cpu_start) * 1e6 / max(delivered, 1)
+    if stats is not None:
+        stats["errors"] = sum(c.errors for c in counters)
     running[0] = False
     await asyncio.sleep(0.5)  # let what is in flight drain
     for _, receiver in pairs:

@@ -8,6 +8,17 @@ Servers run pinned to CPU 0 (``taskset -c 0``), this process (the load generator
 prints one JSON line and one human line: the xmppcluster figure, the Prosody figure and their ratio against
 the target. Prosody comes from the Debian package (installed when absent, as root, unless --no-install);
 without it the ratios are null. Exit status 0 unless a scenario could not run.
+
+``s2s`` federates two domains, a.bench and b.bench: first two xmppcluster servers, then two Prosody, each
+pair on the server CPU and stopped before the next starts. Certificates come from one bench CA that all four
+trust (xmppcluster ``s2s/ca-file``, Prosody ``ssl.cafile``); streams are STARTTLS on loopback, authenticated
+with SASL EXTERNAL (Prosody: ``s2s_secure_auth``, mod_dialback off), one per direction (xmppcluster
+``s2s/bidi=false``, see servers.S2S_BIDI), reads not rate-limited. Addresses come from static maps, no DNS:
+xmppcluster's ``s2s/hosts``, and for Prosody the test suite's Prosody module
+``tests/support/prosody_plugins/mod_test_s2s_routes.lua`` (``plugin_paths`` points at that directory;
+without it only xmppcluster is measured, with the reason on stderr). alice_i@a.bench sends to bob_i@b.bench
+and bob_i back, ``window`` messages in flight each way; one message per pair is delivered first, so stream
+setup is not measured.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -35,22 +47,25 @@ FULL = dict(pairs=50, window=10, seconds=5.0, warmup=1.0, rate=2000, logins=200,
 SMOKE = dict(pairs=2, window=4, seconds=0.4, warmup=0.2, rate=200, logins=3, concurrency=2,
              login_seconds=0.5, memory=(5,), fanout=(3,), rounds=2, web_pairs=2, web_rate=100, bosh_pairs=2)
 # memory runs late: closing 10,000 sessions leaves the server busy (storage writes) for a while.
-SCENARIOS = ("login", "tcp", "starttls", "latency", "presence", "websocket", "bosh", "memory", "cluster")
+SCENARIOS = ("login", "tcp", "starttls", "latency", "presence", "websocket", "bosh", "memory", "cluster", "s2s")
+#: The s2s scenario's two domains: alice_i@a.bench chats with bob_i@b.bench.
+S2S_DOMAINS = ("a.bench", "b.bench")
 
 
 class Target:
     """One server under test as the generator sees it."""
 
-    def __init__(self, server: servers.Server, users: list[str]) -> None:
+    def __init__(self, server: servers.Server, users: list[str], domain: str = servers.DOMAIN) -> None:
         self.server = server
         self.users = users
+        self.domain = domain
         self.resources = 0
 
     async def client(self, user: str, *, starttls: bool = False, websocket: bool = False, port: str = "c2s",
                      presence: str | None = "<presence/>", roster: bool = True) -> loadgen.Client:
         self.resources += 1
         ws = self.server.ws_path if websocket else None
-        client = await loadgen.connect("127.0.0.1", self.server.ports["ws" if websocket else port], servers.DOMAIN,
+        client = await loadgen.connect("127.0.0.1", self.server.ports["ws" if websocket else port], self.domain,
                                        websocket=ws)
         try:
             await client.login(user, servers.PASSWORD, f"r{self.resources}", starttls=starttls, presence=presence,
@@ -235,6 +250,105 @@ async def bosh(target: Target, p: dict) -> dict:
     return await boshgen.bosh_scenario(target.server, target.users[: 2 * p["bosh_pairs"]], p)
 
 
+async def _first_delivery(pairs: list[tuple[loadgen.Client, loadgen.Client]], timeout: float = 30.0) -> None:
+    """One message on every pair, waited for: the s2s streams are up (TLS, EXTERNAL) before anything is measured.
+    A bounce or a timeout is an error."""
+    received = {id(receiver): bytearray() for _, receiver in pairs}
+    for sender, receiver in pairs:
+        receiver.sink = received[id(receiver)].extend
+        sender.write(loadgen.message(receiver.jid, "warm-up", "w"))
+    deadline = time.perf_counter() + timeout
+    try:
+        while not all(b"</message>" in data for data in received.values()):
+            if time.perf_counter() > deadline:
+                missing = sum(b"</message>" not in data for data in received.values())
+                raise TimeoutError(f"{missing} of {len(pairs)} warm-up messages not delivered in {timeout:.0f} s")
+            await asyncio.sleep(0.01)
+        for sender, receiver in pairs:
+            data = bytes(received[id(receiver)])
+            if b"<error" in data or sender.jid.encode() not in data:
+                raise RuntimeError(f"warm-up {sender.jid} -> {receiver.jid}: {data[:300]!r}")
+    finally:
+        for _, receiver in pairs:
+            receiver.sink = None
+            receiver.buf = b""
+
+
+async def _s2s_throughput(a: Target, b: Target, p: dict, cpu) -> dict:
+    """alice_i on A sends to bob_i on B and bob_i to alice_i, each keeping ``window`` messages in flight."""
+    n = p["pairs"]
+    clients: list[loadgen.Client] = []
+    try:
+        alices = await a.many(a.users[:n])
+        clients += alices
+        bobs = await b.many(b.users[:n])
+        clients += bobs
+        pairs = [*zip(alices, bobs, strict=True), *zip(bobs, alices, strict=True)]
+        start = time.perf_counter()
+        await _first_delivery(pairs)
+        first = time.perf_counter() - start
+        runs, cpu_runs, errors = [], [], 0
+        for _ in range(3):
+            stats: dict = {}
+            runs.append(await loadgen.saturate(pairs, p["window"], p["warmup"], p["seconds"], cpu=cpu, stats=stats))
+            cpu_runs.append(stats["cpu_us_per_message"])
+            errors += stats["errors"]
+        if errors:
+            raise RuntimeError(f"{errors} of the messages counted were bounces (error stanzas)")
+    finally:
+        close_all(clients)
+    return {"messages_per_s": round(statistics.median(runs)), "runs": [round(r) for r in runs], "pairs": n,
+            "window": p["window"], "cpu_us_per_message": round(statistics.median(cpu_runs), 1),
+            "first_delivery_ms": round(first * 1e3, 1)}
+
+
+def _s2s_auth(started: list[servers.Server]) -> str:
+    """How the servers' s2s streams authenticated, from their logs (e.g. ``EXTERNAL``)."""
+    methods: set[str] = set()
+    for server in started:
+        try:
+            with open(server.extra["log"], errors="replace") as log:
+                text = log.read()
+        except (KeyError, OSError):
+            continue
+        methods.update(m.strip() for m in re.findall(r"s2s (?:out|in) .*?(?:established|authenticated) \(([^,)]+)",
+                                                      text))  # xmppcluster
+        methods.update(m.upper() for m in re.findall(r"(?i)accepting sasl (external)|authenticated using (\w+)", text)
+                       for m in m if m)  # Prosody
+    return ",".join(sorted(methods)) or "?"
+
+
+async def run_s2s(base: str, p: dict, prosody_missing: str | None) -> dict[str, dict | None]:
+    """Two xmppcluster servers (a.bench, b.bench), then two Prosody, federating on loopback with certificates
+    from one bench CA; ``{"xmppcluster": figures, "prosody": figures or None}`` (``{"error": ...}`` on failure)."""
+    base = os.path.join(base, "s2s")
+    os.makedirs(base, exist_ok=True)
+    ca = servers.make_ca(os.path.join(base, "ca.pem"))
+    users = {domain: [f"{name}_{i}" for i in range(p["pairs"])] for domain, name in zip(S2S_DOMAINS, ("alice", "bob"),
+                                                                                        strict=True)}
+    results: dict[str, dict | None] = {"xmppcluster": None, "prosody": None}
+    for label, start in (("xmppcluster", servers.start_xmppcluster_s2s), ("prosody", servers.start_prosody_s2s)):
+        if label == "prosody" and prosody_missing:
+            continue
+        started: list[servers.Server] = []
+        try:
+            started = start(os.path.join(base, label), SERVER_CPU, ca, users)
+            a, b = (Target(server, users[d], d) for server, d in zip(started, S2S_DOMAINS, strict=True))
+            results[label] = await _s2s_throughput(a, b, p, cpu=lambda started=started: sum(s.cpu_seconds()
+                                                                                            for s in started))
+            results[label]["auth"] = _s2s_auth(started)
+        except Exception as e:  # report and go on, like the other scenarios
+            results[label] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            for server in started:
+                if not server.alive():
+                    print(f"# {server.name} died:\n{server.log_tail()}", file=sys.stderr)
+        finally:
+            for server in started:
+                server.stop()
+        await asyncio.sleep(0.5)
+    return results
+
+
 # -- the run ---------------------------------------------------------------------------------------------
 
 TARGETS = {
@@ -247,6 +361,8 @@ TARGETS = {
     "presence": (None, False, 0.5, "presence update to N online contacts"),
     "websocket": ("messages_per_s", True, 1.2, "WebSocket messages/s"),
     "bosh": ("messages_per_s", True, 1.5, "BOSH messages/s"),
+    # s2s: the same kind of figure as starttls (messages between TLS streams), so the same target.
+    "s2s": ("messages_per_s", True, 1.5, "messages/s between two domains over s2s (TLS, SASL EXTERNAL)"),
 }
 
 
@@ -299,6 +415,9 @@ def _rows(line: dict, p: dict) -> list[tuple[str, str]]:
                 ("  cross / local throughput", "cross_vs_local_throughput"),
                 ("cluster: local / cross p99 ms", "local_p99_ms"), ("", "cross_p99_ms"),
                 ("  cross / local p99", "cross_vs_local_p99")]
+    if name == "s2s":
+        return [(f"s2s msg/s, {' <-> '.join(S2S_DOMAINS)}", "messages_per_s"),
+                ("  s2s: CPU us per message, 2 servers", "cpu_us_per_message")]
     label = {"tcp": "1:1 msg/s, plain TCP", "starttls": "1:1 msg/s, STARTTLS", "websocket": "WebSocket msg/s",
              "bosh": "BOSH msg/s"}.get(name, name)
     return [(label, "messages_per_s")]
@@ -421,7 +540,7 @@ async def main_async(args: argparse.Namespace) -> int:
         single_rate = None
         lines: list[dict] = []
         for name in wanted:
-            if name == "cluster":
+            if name in ("cluster", "s2s"):
                 continue
             results: dict[str, dict | None] = {"prosody": None}
             for label, target in targets.items():
@@ -459,6 +578,26 @@ async def main_async(args: argparse.Namespace) -> int:
             except Exception as e:
                 failed += 1
                 print(json.dumps({"scenario": "cluster", "xmppcluster": {"error": f"{type(e).__name__}: {e}"}}))
+        if "s2s" in wanted:
+            missing = (("--no-prosody" if args.no_prosody else "Prosody is not installed") if prosody_bin is None
+                       else servers.prosody_s2s_missing())
+            if missing:
+                print(f"# s2s: measuring xmppcluster only: {missing}", file=sys.stderr, flush=True)
+            try:
+                results = await run_s2s(base, p, missing)
+            except Exception as e:
+                results = {"xmppcluster": {"error": f"{type(e).__name__}: {e}"[:300]}, "prosody": None}
+            theirs = results["prosody"]
+            if "error" in results["xmppcluster"] or (theirs and "error" in theirs):
+                failed += "error" in results["xmppcluster"]
+                line = {"scenario": "s2s", **results}
+                print(json.dumps(line), flush=True)
+                print(f"{'s2s':>10}: ERROR {line}", flush=True)
+            else:
+                line = compare("s2s", results["xmppcluster"], theirs, p)
+                print(json.dumps(line), flush=True)
+                print(human(line), flush=True)
+            lines.append(line)
         print("\n" + table(lines, p), flush=True)
         return 1 if failed else 0
     finally:

@@ -1,5 +1,6 @@
 """The benchmark in smoke mode (tiny sizes): every scenario still runs end to end, beside Prosody when it is
-installed (``./dev test`` installs it; without it the Prosody half is skipped and the test says so)."""
+installed (``./dev test`` installs it; without it the Prosody half is skipped and the test says so). The s2s
+scenario federates two xmppcluster servers, then two Prosody (a.bench <-> b.bench)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = ("login", "tcp", "starttls", "latency", "memory", "presence", "websocket", "bosh", "cluster")
+SCENARIOS = ("login", "tcp", "starttls", "latency", "memory", "presence", "websocket", "bosh", "cluster", "s2s")
 
 
 PROSODY = shutil.which("prosody") is not None and shutil.which("prosodyctl") is not None
@@ -50,10 +51,15 @@ class BenchSmokeTests(TestCase):
         self.assertGreater(results["login"]["xmppcluster"]["concurrent_per_s"], 0)
         self.assertGreater(results["latency"]["xmppcluster"]["samples"], 0)
         self.assertGreater(results["cluster"]["xmppcluster"]["cross_messages_per_s"], 0)
+        self.assertGreater(results["s2s"]["xmppcluster"]["messages_per_s"], 0)
+        # the s2s figures are for streams authenticated with certificates from the bench CA, on both servers
+        self.assertEqual(results["s2s"]["xmppcluster"]["auth"], "EXTERNAL")
+        if PROSODY:
+            self.assertEqual(results["s2s"]["prosody"]["auth"], "EXTERNAL")
         report, _, summary = done.stdout.partition("\n\nscenario ")
         human = [line for line in report.splitlines() if not line.startswith("{")]
         self.assertEqual(len(human), len(SCENARIOS), human)
         rows = summary.splitlines()[1:]  # the side-by-side table
         for label in ("1:1 msg/s, plain TCP", "logins/s, 2 concurrent", "KiB per idle session, 5",
-                      "presence to 3 contacts", "WebSocket msg/s", "BOSH msg/s", "cluster: cross msg/s"):
+                      "presence to 3 contacts", "WebSocket msg/s", "BOSH msg/s", "cluster: cross msg/s", "s2s msg/s"):
             self.assertTrue(any(row.startswith(label) for row in rows), (label, summary))
