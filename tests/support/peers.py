@@ -132,6 +132,10 @@ class PeerServer:
         raise AssertionError(f"no line matching {pattern!r} in the {self.kind} log after {timeout} s:\n"
                              f"{self.logs()[-6000:]}")
 
+    async def wait_for_offline(self, user: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``count`` messages for ``user`` are in the peer's offline storage (XEP-0160)."""
+        raise NotImplementedError
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -268,6 +272,22 @@ def _route_table(routes: dict[str, Route], tls_routes: dict[str, Route]) -> dict
 
 
 class ProsodyPeer(PeerServer):
+    log_level: str = "debug"
+
+    async def wait_for_offline(self, user: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Counts mod_offline's "Saved to offline storage" debug lines (so only with ``log_level="debug"``)."""
+        if self.log_level != "debug":
+            raise ValueError("wait_for_offline needs the Prosody peer's log_level='debug'")
+        saved = re.compile(rf"Saved to offline storage: <message[^>]*\bto=['\"]{re.escape(self.jid(user))}['\"/]")
+        for _ in range(int(timeout / 0.05)):
+            if os.path.exists(self.log_path):
+                with open(self.log_path, errors="replace") as log:
+                    if len(saved.findall(log.read())) >= count:
+                        return
+            await deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError(f"{user}@{self.domain} has not {count} offline message(s) after {timeout} s:\n"
+                             f"{self.logs()[-6000:]}")
+
     async def add_user(self, user: str, password: str) -> None:
         """``prosodyctl register`` with this instance's configuration (internal storage: usable at once)."""
         code, out, err = await _run([PROSODYCTL, "--config", self.config_path, "register", user, self.domain,
@@ -348,6 +368,7 @@ async def start_prosody(test: TestCase, domain: str, *, ca: TestCA, routes: dict
         out.write("\n".join(lines))
     peer = ProsodyPeer("prosody", domain, c2s, s2s, certs.ca, directory, log_path, config_path, s2s_tls,
                        output_path=os.path.join(directory, "prosody.out"))
+    peer.log_level = log_level
     peer.process = _spawn([PROSODY, "-F", "--config", config_path], cwd=directory, env=dict(os.environ),
                           output=peer.output_path)
     test.addCleanup(peer.stop)
@@ -413,6 +434,17 @@ class EjabberdPeer(PeerServer):
         code, out, err = await _run(self.ctl_argv(*args), cwd=self.directory, env=self.env)
         return code, out + err
 
+    async def wait_for_offline(self, user: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Polls ``ejabberdctl get_offline_count`` (mod_admin_extra)."""
+        out = ""
+        for _ in range(int(timeout / 0.5)):
+            code, out = await self.ctl("get_offline_count", user, self.domain)
+            if code == 0 and out.strip().isdigit() and int(out.strip()) >= count:
+                return
+            await deferLater(reactor, 0.5, lambda: None)
+        raise AssertionError(f"{user}@{self.domain} has not {count} offline message(s) after {timeout} s "
+                             f"({out.strip()}):\n{self.logs()[-6000:]}")
+
     async def add_user(self, user: str, password: str) -> None:
         """``ejabberdctl register`` on this node."""
         code, out = await self.ctl("register", user, self.domain, password)
@@ -423,15 +455,17 @@ class EjabberdPeer(PeerServer):
 async def start_ejabberd(test: TestCase, domain: str, *, ca: TestCA, routes: dict[str, Route] | None = None,
                          tls_routes: dict[str, Route] | None = None, secure_auth: bool = False,
                          dialback: bool = True, insecure_domains: Iterable[str] = (), direct_tls: bool = False,
-                         s2s_port: int | None = None, log_level: str = "info",
+                         s2s_port: int | None = None, retry_delay: int = 1, log_level: str = "info",
                          modules: dict[str, dict] | None = None, extra: str = "") -> PeerServer:
     """Start Debian's ejabberd for ``domain``; SkipTest when it is not installed.
 
     ``s2s_use_starttls: required``, ``ca_file`` = the test CA. ``dialback``: load mod_s2s_dialback; with
     ``secure_auth`` its ``access`` allows dialback only towards ``insecure_domains``, so ejabberd verifies the
-    certificate of every other server it connects to (ejabberd's dialback access rule governs only outgoing
-    verification; incoming dialback is accepted whenever the module is loaded). Without ``dialback`` only SASL
-    EXTERNAL authenticates. ``modules`` adds/overrides modules; ``extra`` is YAML appended at the top level.
+    certificate of every other server it connects to (including the connection back that verifies an incoming
+    dialback key, so untrusted servers are refused both ways). Without ``dialback`` only SASL EXTERNAL
+    authenticates. ``retry_delay``: ``s2s_max_retry_delay`` in seconds (how long, at most, ejabberd
+    bounces stanzas to a domain after failing to connect to it). ``modules`` adds/overrides modules;
+    ``extra`` is YAML appended at the top level (keys not set here).
     """
     reason = ejabberd_missing()
     if reason:
@@ -454,7 +488,7 @@ async def start_ejabberd(test: TestCase, domain: str, *, ca: TestCA, routes: dic
         listen.append({"port": s2s_tls, "ip": "127.0.0.1", "module": "ejabberd_s2s_in", "tls": True,
                        "max_stanza_size": 524288})
     enabled: dict[str, dict] = {"mod_roster": {}, "mod_disco": {}, "mod_ping": {}, "mod_time": {},
-                                "mod_version": {"show_os": False}, "mod_offline": {}}
+                                "mod_version": {"show_os": False}, "mod_offline": {}, "mod_admin_extra": {}}
     access_rules: dict[str, dict] = {"local": {"allow": "local"}, "c2s": {"allow": "all"}, "s2s": {"allow": "all"}}
     acl: dict[str, dict] = {"local": {"user_regexp": ""}}
     if dialback:
@@ -482,6 +516,9 @@ async def start_ejabberd(test: TestCase, domain: str, *, ca: TestCA, routes: dic
         "s2s_dns_retries": 1,
         "outgoing_s2s_families": ["ipv4"],
         "outgoing_s2s_timeout": 10,
+        # After a failed outgoing connection ejabberd bounces stanzas to that domain for a random time up to
+        # this (default 300 s), so a test that starts our server late or restarts it is not locked out.
+        "s2s_max_retry_delay": retry_delay,
         "auth_method": "internal",
         "auth_password_format": "scram",
         "listen": listen,
