@@ -267,7 +267,7 @@ async def _first_delivery(pairs: list[tuple[loadgen.Client, loadgen.Client]], ti
         for sender, receiver in pairs:
             data = bytes(received[id(receiver)])
             if b"<error" in data or sender.jid.encode() not in data:
-                raise RuntimeError(f"warm-up {sender.jid} -> {receiver.jid}: {data[:300]!r}")
+                raise RuntimeError(f"warm-up {sender.jid} -> {receiver.jid}: the receiver got {data[:300]!r}")
     finally:
         for _, receiver in pairs:
             receiver.sink = None
