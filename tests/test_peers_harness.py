@@ -128,38 +128,35 @@ class PeerHarnessMixin:
         starter = start_prosody if self.kind == "prosody" else start_ejabberd
         return await starter(self, domain, ca=test_ca(), **options)
 
-    @defer.inlineCallbacks
-    def test_login_and_stop(self):
+    async def test_login_and_stop(self) -> None:
         """A user the harness created logs in over STARTTLS with the test CA; stop ends every process."""
-        peer = yield defer.ensureDeferred(self.start(f"{self.kind}.test"))
+        peer = await self.start(f"{self.kind}.test")
         self.assertEqual(peer.kind, self.kind)
-        yield defer.ensureDeferred(peer.add_user("bob", "s3cret pass"))
-        results = yield defer.ensureDeferred(run_clients(peer, [{"jid": peer.jid("bob"), "password": "s3cret pass"}]))
+        await peer.add_user("bob", "s3cret pass")
+        results = await run_clients(peer, [{"jid": peer.jid("bob"), "password": "s3cret pass"}])
         self.assertTrue(results[0]["authenticated"], results)
         self.assertTrue(results[0]["bound"].startswith(f"bob@{self.kind}.test/"), results)
-        wrong = yield defer.ensureDeferred(run_clients(peer, [{"jid": peer.jid("bob"), "password": "nope"}]))
+        wrong = await run_clients(peer, [{"jid": peer.jid("bob"), "password": "nope"}])
         self.assertFalse(wrong[0]["authenticated"], wrong)
         pgid = peer.process.pid
-        status = yield defer.ensureDeferred(peer.stop())
+        status = await peer.stop()
         self.assertIsNotNone(status)
         assert_stopped(self, peer, pgid)
-        self.assertIsNone((yield defer.ensureDeferred(peer.stop())))  # twice is harmless
+        self.assertIsNone(await peer.stop())  # twice is harmless
 
-    @defer.inlineCallbacks
-    def test_routes_reach_the_listener_without_dns(self):
+    async def test_routes_reach_the_listener_without_dns(self) -> None:
         """A message to a routed domain opens an s2s stream to the route's port (the domain has no DNS)."""
         port, headers = listen_for_stream_header(self)
-        peer = yield defer.ensureDeferred(self.start(f"{self.kind}.test", routes={"remote.test": ("127.0.0.1", port)}))
-        yield defer.ensureDeferred(peer.add_user("bob", "pw-bob"))
+        peer = await self.start(f"{self.kind}.test", routes={"remote.test": ("127.0.0.1", port)})
+        await peer.add_user("bob", "pw-bob")
         clients = [{"jid": peer.jid("bob"), "password": "pw-bob",
                     "send": [{"to": "alice@remote.test", "body": "hello"}]}]
-        results = yield defer.ensureDeferred(run_clients(peer, clients, timeout=5))
+        results = await run_clients(peer, clients, timeout=5)
         self.assertTrue(results[0]["authenticated"], results)
-        header = yield headers.addTimeout(30, reactor)
+        header = await headers.addTimeout(30, reactor)
         self.assertIn("jabber:server", header)
         self.assertRegex(header, r"""to=["']remote\.test["']""")
         self.assertRegex(header, rf"""from=["']{self.kind}\.test["']""")
-
 
     async def test_route_retried_after_a_failure(self) -> None:
         """A route to a port where nothing listens yet fails; once something listens, a later message gets
@@ -186,17 +183,16 @@ class PeerHarnessMixin:
         header = await factory.headers
         self.assertRegex(header, r"""to=["']remote\.test["']""")
 
-    @defer.inlineCallbacks
-    def test_tls_routes_use_direct_tls(self):
+    async def test_tls_routes_use_direct_tls(self) -> None:
         """A tls_routes domain gets a direct TLS connection (XEP-0368): a TLS ClientHello, no stream header."""
         port, first = listen_for_first_bytes(self)
-        peer = yield defer.ensureDeferred(self.start(f"{self.kind}.test",
-                                                     tls_routes={"remote.test": ("127.0.0.1", port)}))
-        yield defer.ensureDeferred(peer.add_user("bob", "pw-bob"))
+        peer = await self.start(f"{self.kind}.test",
+                                                     tls_routes={"remote.test": ("127.0.0.1", port)})
+        await peer.add_user("bob", "pw-bob")
         clients = [{"jid": peer.jid("bob"), "password": "pw-bob",
                     "send": [{"to": "alice@remote.test", "body": "hello"}]}]
-        yield defer.ensureDeferred(run_clients(peer, clients, timeout=5))
-        data = yield first.addTimeout(30, reactor)
+        await run_clients(peer, clients, timeout=5)
+        data = await first.addTimeout(30, reactor)
         self.assertEqual(data[:1], b"\x16", data[:40])  # a TLS handshake record
         self.assertIn(b"remote.test", data)  # SNI
 
