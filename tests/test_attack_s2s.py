@@ -257,3 +257,36 @@ class PiggybackTests(S2SAttackCase):
             return answer, body, peer.error_condition()
 
         self.assertEqual(await deferToThread(run), ("valid", "via a2", "invalid-from"))
+
+
+class PerDomainCapTests(S2SAttackCase):
+    """s2s/max-connections-per-domain: a third authenticated stream from a.test closes the oldest."""
+
+    extra_b = "s2s/max-connections-per-domain[I]=2\n"
+
+    async def test_oldest_stream_is_closed(self) -> None:
+        def attack() -> tuple[str | None, bool]:
+            first, second, third = self.peer(), self.peer(), self.peer()
+            for peer in (first, second, third):
+                peer.login()
+            third.send("<message from='m@a.test' to='bob@b.test' type='headline'/>")  # still usable
+            return first.error_condition(), second.stream_closed
+
+        condition, second_closed = await deferToThread(attack)
+        self.assertEqual(condition, "conflict")
+        self.assertFalse(second_closed)
+
+
+class IdleTests(S2SAttackCase):
+    """A remote server that authenticates and then says nothing is closed after s2s/idle-timeout."""
+
+    extra_b = "s2s/idle-timeout[I]=1\n"
+
+    async def test_idle_stream_is_closed(self) -> None:
+        def attack() -> bool:
+            quiet = self.peer()
+            quiet.login()
+            quiet.wait_closed()
+            return quiet.stream_closed
+
+        self.assertTrue(await deferToThread(attack))

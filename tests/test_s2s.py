@@ -425,3 +425,27 @@ class QueueTests(FederationCase):
         bounced = await deferToThread(send)
         self.assertEqual(bounced[:2], [("q3", "resource-constraint"), ("q4", "resource-constraint")])
         self.assertEqual(sorted(bounced[2:]), [(f"q{n}", "remote-server-timeout") for n in range(3)])
+
+
+class SimultaneousBidiTests(FederationCase):
+    """Both servers open their streams at the same moment, each offering XEP-0288: nothing bounces (a stream
+    adopted at EXTERNAL <success/> carries stanzas only after its restart)."""
+
+    async def test_both_directions_at_once(self) -> None:
+        def run() -> list[str]:
+            alice = client(self.a, "alice", ca=self.ca)
+            bob = client(self.b, "bob", ca=self.ca)
+            try:
+                alice.send("<presence/>")
+                bob.send("<presence/>")
+                for n in range(20):
+                    alice.send(f"<message to='bob@b.test/r' type='chat'><body>a{n}</body></message>")
+                    bob.send(f"<message to='alice@a.test/r' type='chat'><body>b{n}</body></message>")
+                got = [next_message(bob) for _ in range(20)] + [next_message(alice) for _ in range(20)]
+                return [m.findtext(f"{CLIENT}body") or f"error:{error_of(m)}" for m in got]
+            finally:
+                alice.close()
+                bob.close()
+
+        bodies = await deferToThread(run)
+        self.assertEqual(bodies, [f"a{n}" for n in range(20)] + [f"b{n}" for n in range(20)])

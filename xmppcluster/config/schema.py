@@ -344,7 +344,7 @@ register("s2s", "ca-file", "S", None,
 register("s2s", "connect-timeout", "F", 15.0, "Seconds to resolve, connect and authenticate to a remote server.",
          minimum=1)
 register("s2s", "idle-timeout", "I", 600, "Seconds without traffic before a server-to-server stream is closed.",
-         minimum=10)
+         minimum=1)
 register("s2s", "ping-interval", "F", 60.0,
          "Seconds between XEP-0199 pings on an idle outgoing stream; a ping also confirms what was sent before.",
          minimum=1)

@@ -136,13 +136,17 @@ class Session:
     def deliver(self, stanza: domish.Element) -> None:
         """Send a stanza to this resource's client."""
         stream = self.stream
-        stream.server.traffic.sent[stanza.name] += 1
+        server = stream.server
+        if server is not None:  # None: a stream of a unit test that has no server
+            server.traffic.sent[stanza.name] += 1
         stream.send(stanza)
 
     def deliver_serialized(self, xml: bytes) -> None:
         """Send a stanza already serialized (UTF-8, with its xmlns), e.g. one routed from another node."""
         stream = self.stream
-        stream.server.traffic.sent_serialized(xml)
+        server = stream.server
+        if server is not None:
+            server.traffic.sent_serialized(xml)
         stream.send_serialized(xml)
 
     def close(self, condition: str, text: str | None = None) -> None:

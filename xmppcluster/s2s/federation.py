@@ -72,6 +72,7 @@ class OutgoingLink:
         self.stream: OutgoingStream | None = None  # established
         self.pending: OutgoingStream | None = None  # connected, negotiating
         self.connecting: Deferred | None = None
+        self.spare: OutgoingStream | None = None  # our own stream while a peer's bidirectional one carries ours
         self.ping_id: str | None = None
         self.ping_mark = 0  # stanzas unconfirmed when the outstanding ping was sent
         self._ping_timer = None
@@ -168,7 +169,9 @@ class OutgoingLink:
         self.pending = None
         self.connecting = None
         if self.stream is not None and not self.stream.closed:  # a bidirectional stream was adopted meanwhile:
-            stream.close()  # it keeps the stanzas (and their confirmations) it already carries
+            # it keeps carrying our stanzas (and their confirmations); ours stays open, because the peer may have
+            # adopted it the same way, and takes over if the adopted one ends.
+            self.spare = stream
             return
         self.stream = stream
         self.last_error = ""
@@ -205,6 +208,9 @@ class OutgoingLink:
         """A stream of this link is gone: send again what it did not confirm (once), then bounce."""
         if self.pending is stream:
             self.pending = None
+        if stream is self.spare:
+            self.spare = None
+            return
         if stream is not self.stream:
             return
         self.stream = None
@@ -218,6 +224,12 @@ class OutgoingLink:
                 self.federation.bounce(entry.stanza, "remote-server-timeout", f"stream to {self.remote} lost")
         self.unconfirmed.clear()
         self.queue.extendleft(reversed(again))
+        spare, self.spare = self.spare, None
+        if spare is not None and not spare.closed:
+            self.stream = spare
+            self._flush()
+            self.pong()
+            return
         if self.queue:
             log.info("s2s out {local} -> {remote} lost ({why}); {n} stanzas go on a new stream", local=self.local,
                      remote=self.remote, why=reason, n=len(self.queue))

@@ -259,6 +259,7 @@ class IncomingStream(ServerStream):
         self.pairs: dict[str, set[str]] = {}
         self._sasl_done = False
         self.bidi = False
+        self._announce: str | None = None
 
     def describe(self) -> str:
         return ",".join(sorted(self.pairs)) or (self.hint or "?")
@@ -294,6 +295,9 @@ class IncomingStream(ServerStream):
             if self.settings.bidi:
                 features.addElement((BIDI_FEATURE, "bidi"))
         self.send(features)
+        if self._announce is not None:  # the stream restarted after EXTERNAL: it may carry stanzas now
+            remote, self._announce = self._announce, None
+            self.federation.incoming_authenticated(self, remote)
 
     def handle(self, element: domish.Element) -> None:
         uri, name = element.uri, element.name
@@ -349,14 +353,17 @@ class IncomingStream(ServerStream):
         self.auth_method = "EXTERNAL"
         self.send(domish.Element((ns.SASL, "success")))
         self.restart()
-        self.authenticated(remote, self.local)
+        # Our stanzas may use this stream (XEP-0288) only once the restarted stream is open: see header_received.
+        self.authenticated(remote, self.local, announce=False)
+        self._announce = remote
 
-    def authenticated(self, remote: str, local: str) -> None:
+    def authenticated(self, remote: str, local: str, *, announce: bool = True) -> None:
         self.pairs.setdefault(remote, set()).add(local)
         log.info("s2s in {id} ({peer}): {remote} -> {local} authenticated ({method}, {tls})", id=self.stream_id,
                  peer=self.peer, remote=remote, local=local, method=self.auth_method,
                  tls=tls_version(self.transport) or "no TLS")
-        self.federation.incoming_authenticated(self, remote)
+        if announce:
+            self.federation.incoming_authenticated(self, remote)
 
     def _db_result(self, element: domish.Element) -> None:
         """A remote server asks to send from its domain to ours (XEP-0220 §2.1), perhaps one more pair."""
