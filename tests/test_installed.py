@@ -166,7 +166,8 @@ class InstalledPackageTests(TestCase):
         interpreter = re.search(r"twistd [^ ]+ \((\S+) [0-9.]+\) starting up", node.output())
         self.assertIsNotNone(interpreter, node.output())
         self.assertEqual(os.path.dirname(interpreter.group(1)), os.path.join(inst.venv, "bin"))
-        self.assertIn("node node1.test serving localhost", node.output())
+        # The last line of a start, after every listener (the ports above may answer before it is written).
+        await deferToThread(wait_until, lambda: "node node1.test serving localhost" in node.output(), 30)
 
         context = ssl.create_default_context(cafile=ca_file)
         results = await defer.gatherResults([
