@@ -449,3 +449,50 @@ class SimultaneousBidiTests(FederationCase):
 
         bodies = await deferToThread(run)
         self.assertEqual(bodies, [f"a{n}" for n in range(20)] + [f"b{n}" for n in range(20)])
+
+
+class PiggybackOutgoingTests(FederationCase):
+    """Two of our domains (a.test, a2.test on one server) share one stream to b.test: the second joins by
+    dialback on the first's stream (XEP-0220 piggybacking) instead of opening a connection."""
+
+    async def setUp(self) -> None:
+        from tests.support.federation import Domain, s2s_lines
+        from tests.support.server import free_port, start_server
+
+        self.ca = ca_path(self)
+        self.a = Domain("a.test", free_port(), free_port())
+        self.b = Domain("b.test", free_port(), free_port())
+        self.a.running = await start_server(
+            self, s2s_lines(self.a, {"b.test": (self.b.s2s_port, False)}, self.ca, "s2s/bidi[B]=false\\n"),
+            domains=("a.test", "a2.test"))
+        self.b.running = await start_server(
+            self, s2s_lines(self.b, {"a.test": (self.a.s2s_port, False), "a2.test": (self.a.s2s_port, False)},
+                            self.ca, "s2s/bidi[B]=false\\n"), domains=("b.test",))
+        for jid in ("alice@a.test", "carol@a2.test"):
+            await self.a.running.add_user(jid, PASSWORD)
+        await self.b.running.add_user("bob@b.test", PASSWORD)
+
+    async def test_second_domain_rides_the_first_stream(self) -> None:
+        def run() -> list[tuple[str, str]]:
+            bob = client(self.b, "bob", ca=self.ca)
+            alice = client(self.a, "alice", ca=self.ca)
+            carol = RawClient(self.a.c2s_port, domain="a2.test", ca_file=self.ca, timeout=20)
+            carol.login("carol", PASSWORD, "r")
+            try:
+                bob.send("<presence/>")
+                alice.send("<message to='bob@b.test/r' type='chat'><body>from a</body></message>")
+                first = next_message(bob)
+                carol.send("<message to='bob@b.test/r' type='chat'><body>from a2</body></message>")
+                second = next_message(bob)
+                return [(m.get("from"), m.findtext(f"{CLIENT}body")) for m in (first, second)]
+            finally:
+                for c in (alice, carol, bob):
+                    c.close()
+
+        got = await deferToThread(run)
+        self.assertEqual(got, [("alice@a.test/r", "from a"), ("carol@a2.test/r", "from a2")])
+        federation = self.a.running.server.federation
+        streams = {id(link.stream) for link in federation.links.values() if link.stream is not None}
+        self.assertEqual(len(streams), 1, federation.status())
+        incoming = next(iter(self.b.running.server.federation.incoming))
+        self.assertEqual(incoming.pairs, {"a.test": {"b.test"}, "a2.test": {"b.test"}})

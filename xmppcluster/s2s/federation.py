@@ -118,8 +118,13 @@ class OutgoingLink:
         stream = self.stream
         if stream is None or stream.closed or self.ping_id is not None:
             return
-        if not self.unconfirmed and self.federation.clock.seconds() - self.last_write >= stream.settings.idle_timeout:
-            stream.close()  # idle: nothing sent for s2s/idle-timeout seconds
+        now, idle = self.federation.clock.seconds(), stream.settings.idle_timeout
+        if not self.unconfirmed and now - self.last_write >= idle:
+            # Idle: nothing sent for s2s/idle-timeout seconds. Only our own stream's owner closes it, once every
+            # link riding on it is idle too (a peer's bidirectional stream closes on its own idle timer).
+            if getattr(stream, "link", None) is self and all(
+                    not rider.unconfirmed and now - rider.last_write >= idle for rider in stream.riders):
+                stream.close()
             return
         self.ping_id = self.federation.new_ping_id(self)
         self.ping_mark = len(self.unconfirmed)
@@ -154,6 +159,9 @@ class OutgoingLink:
         federation = self.federation
         settings = federation.settings
         reactor = federation.clock
+        shared = federation.shareable(self.local, self.remote)
+        if shared is not None and await self._ride(shared):
+            return
         targets = await resolve.targets(self.remote, federation.resolver, settings.hosts)
 
         def connect_one(target: resolve.Target) -> Deferred:
@@ -178,6 +186,30 @@ class OutgoingLink:
         federation.link_established(self)
         self._flush()
         self.pong()  # schedules the keepalive
+
+    async def _ride(self, stream: OutgoingStream) -> bool:
+        """Dialback piggybacking: this link's domain joins another link's authenticated stream to the same
+        peer (one connection for several of our domains). False: the peer refused; connect as usual."""
+        timer = self.federation.clock.callLater(self.federation.settings.connect_timeout,
+                                                lambda: d.cancel() if not d.called else None)
+        d = stream.board(self)
+        try:
+            valid = await d
+        except Exception:
+            valid = False
+        finally:
+            if timer.active():
+                timer.cancel()
+        if not valid or stream.closed:
+            return False
+        self.connecting = None
+        self.stream = stream
+        self.last_error = ""
+        log.info("s2s out {local} -> {remote}: piggybacked on the stream of {other}", local=self.local,
+                 remote=self.remote, other=stream.local)
+        self._flush()
+        self.pong()
+        return True
 
     def _failed(self, failure: Any) -> None:
         self.connecting = None
@@ -345,6 +377,15 @@ class Federation:
         if link is None:
             link = self.links[(local, remote)] = OutgoingLink(self, local, remote)
         return link
+
+    def shareable(self, local: str, remote: str) -> OutgoingStream | None:
+        """An established stream of ours to ``remote`` that another of our domains may join by dialback."""
+        for (other, peer), link in self.links.items():
+            stream = link.stream
+            if peer == remote and other != local and isinstance(stream, OutgoingStream) and stream.link is link \
+                    and stream.can_carry(local):
+                return stream
+        return None
 
     def bounce(self, stanza: domish.Element, condition: str, text: str | None = None) -> None:
         self.server.router.bounce(stanza, condition, text)

@@ -488,8 +488,12 @@ class OutgoingStream(ServerStream):
         self._verifies: dict[str, list[Deferred]] = {}
         self._unsent_verifies: deque[tuple[str, str]] = deque()
         self._dialback_offered = False
+        self.dialback_errors = False  # the peer handles dialback errors (XEP-0220 §2.4): pairs may be added
         self.identity = None
         self.bidi = False
+        #: links of our other domains riding on this stream (dialback piggybacking), and those asking to
+        self.riders: list[OutgoingLink] = []
+        self._boarding: dict[str, Deferred] = {}
 
     def describe(self) -> str:
         return f"{self.local} -> {self.remote}"
@@ -509,7 +513,33 @@ class OutgoingStream(ServerStream):
         self._verifies.clear()
         if not self.ready.called:
             self.ready.errback(ConnectionError(f"{self.describe()}: {reason}"))
+        for d in self._boarding.values():
+            d.errback(ConnectionError(reason))
+        self._boarding.clear()
         self.link.stream_ended(self, reason)
+        for rider in list(self.riders):
+            rider.stream_ended(self, reason)
+
+    # -- dialback piggybacking (XEP-0220 §2.6): more of our domains on this stream ---------------------------
+
+    def can_carry(self, local: str) -> bool:
+        """Whether ``local`` may be added to this stream with a ``<db:result/>`` of its own."""
+        return (self.state == "established" and not self.closed and self.dialback_errors and self.stream_id is not None
+                and local != self.local and local not in self._boarding)
+
+    def board(self, link: OutgoingLink) -> Deferred:
+        """Ask the peer to accept ``link.local`` on this stream; fires True once it answered ``valid``."""
+        key = dialback.dialback_key(self.federation.secret, self.remote, link.local, self.stream_id)
+        d = Deferred()
+        self._boarding[link.local] = d
+        self.send(dialback.element("result", link.local, self.remote, key=key))
+
+        def boarded(valid: bool) -> bool:
+            if valid:
+                self.riders.append(link)
+            return valid
+
+        return d.addCallback(boarded)
 
     def give_up(self, why: str) -> None:
         """Authentication cannot succeed: close, and let whoever waits know why."""
@@ -607,10 +637,15 @@ class OutgoingStream(ServerStream):
             auth.addContent(base64.b64encode(self.local.encode()).decode())
             self.send(auth)
             self.state = "auth"
-            self._dialback_offered = self._dialback_offered or (dialback.FEATURE, "dialback") in children
+            self._note_dialback(children)
             return
-        self._dialback_offered = self._dialback_offered or (dialback.FEATURE, "dialback") in children
+        self._note_dialback(children)
         self._dialback("EXTERNAL not offered")
+
+    def _note_dialback(self, children: dict) -> None:
+        feature = children.get((dialback.FEATURE, "dialback"))
+        self._dialback_offered = self._dialback_offered or feature is not None
+        self.dialback_errors = feature is not None and any(c.name == "errors" for c in feature.elements())
 
     def _start_tls(self) -> None:
         self.transport.startTLS(self.federation.tls.client_creator(self.local, self.remote, alpn=False))
@@ -631,7 +666,13 @@ class OutgoingStream(ServerStream):
 
     def _db_result(self, element: domish.Element) -> None:
         kind = element.getAttribute("type")
-        if self.state != "dialback" or (element.getAttribute("from") or "").lower() != self.remote:
+        if (element.getAttribute("from") or "").lower() != self.remote:
+            return
+        boarding = self._boarding.pop((element.getAttribute("to") or "").lower(), None)
+        if boarding is not None and self.state == "established":
+            boarding.callback(kind == "valid")
+            return
+        if self.state != "dialback":
             return
         if kind == "valid":
             self.auth_method = "dialback"
