@@ -48,7 +48,7 @@ STREAM_PRE_AUTH_IQ = Event(
 STREAM_ELEMENT = Event(
     "stream/element", DISPATCH, "stream, element",
     "a top-level element of a bound stream that is not a stanza; true = taken (otherwise unsupported-stanza-type)",
-    "streams/core.py", "(none yet)")
+    "streams/core.py", "csi")
 
 STREAM_AUTHENTICATED = Event(
     "stream/authenticated", NOTIFY, "stream, user: str | None, condition: str | None",
@@ -64,7 +64,7 @@ SESSION_BOUND = Event(
 SESSION_UNBOUND = Event(
     "session/unbound", NOTIFY, "session, reason: str",
     "a session ended (local; or remote, notified once by the node that announces a dead node's sessions)",
-    "streams/core.py, cluster", "presence, last, roster, cluster")
+    "streams/core.py, cluster", "presence, last, roster, cluster, csi")
 SESSION_INTERESTED = Event(
     "session/interested", NOTIFY, "session",
     "a session's roster interest changed (it requested the roster)",
