@@ -9,14 +9,17 @@ import xml.etree.ElementTree as ET
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests import test_cluster
 from tests.clients.bosh import BoshClient
 from tests.clients.raw import BIND, SASL, RawClient, q
 from tests.clients.ws import WSClient
 from tests.support.attack import MAX_RTT, under_attack
+from tests.support.cluster import DOMAIN
 from tests.support.server import start_server
 from tests.support.slix import ca_file
 from tests.test_message_rules import eventually, parse
 from xmppcluster.modules.csi import HOLD, LATEST, URGENT, classify, classify_serialized, is_inactive
+from xmppcluster.storage import open_storage
 from xmppcluster.storage.offline import OfflineStore
 from xmppcluster.storage.roster import RosterItem, RosterStore
 
@@ -470,3 +473,42 @@ class AttackTests(TestCase):
         session = running.server.sessions.get("mallory@localhost", "m")
         self.assertTrue(session is None or is_inactive(session))
 
+
+
+class ClusterTests(test_cluster.ClusterTestCase):
+    """Presence from a contact on the other node arrives serialized over the cluster link: held all the same."""
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        storage = await open_storage(self.cluster.db_uri)
+        try:
+            store = RosterStore(storage.db)
+            for owner, contact in (("alice", f"bob@{DOMAIN}"), ("bob", f"alice@{DOMAIN}")):
+                await store.modify(owner, DOMAIN, contact,
+                                   lambda item, pending, c=contact: (RosterItem(c, subscription="both"), None))
+        finally:
+            await storage.close()
+
+    async def test_presence_from_the_other_node_is_held_and_flushed(self) -> None:
+        def scenario():
+            alice = self.client("t2.example.com", "alice", "a", priority=None)
+            bob = self.client("t1.example.com", "bob", "b", priority=None)
+            self.cluster.wait_replicated(1, 1)
+            alice.jid, bob.jid = f"alice@{DOMAIN}/a", f"bob@{DOMAIN}/b"
+            online(alice)
+            online(bob, alice.jid)
+            until(alice, lambda e: e.tag == PRESENCE and e.get("from") == bob.jid)
+            bob.send(INACTIVE + ping("inactive").replace("to='localhost'", f"to='{DOMAIN}'"))
+            self.assertEqual(answered(bob, "inactive"), [])
+            for n in range(1, 6):
+                alice.send(status(n))
+            until(alice, lambda e: e.tag == PRESENCE and e.findtext("{jabber:client}status") == "s5")
+            alice.send(chat_state(bob.jid, "composing"))
+            alice.send(chat_state(bob.jid, "paused"))
+            alice.send(f"<message xmlns='jabber:client' to='{bob.jid}' type='chat'><body>across</body></message>")
+            return [describe(e) for e in until(bob, lambda e: e.tag == MESSAGE
+                                               and e.find("{jabber:client}body") is not None)], alice.jid
+
+        received, alice = await deferToThread(scenario)
+        self.assertEqual(received, [("presence", alice, None, "s5"), ("message", alice, "paused"),
+                                    ("message", alice, "across")])
