@@ -12,17 +12,15 @@ import tempfile
 import threading
 import time
 
-from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.clients.raw import Closed, RawClient
 from tests.clients.raw_s2s import DIALBACK, RawServer
-from tests.support.attack import MAX_RTT, Pinger
+from tests.support.attack import MAX_RSS_GROWTH, MAX_RTT, MiB, Pinger, pinged_attack
 from tests.support.certs import make_cert
 from tests.support.federation import PASSWORD, ca_path, start_domains
 from tests.support.server import test_ca
-from tests.test_attack_streams import MAX_RSS_GROWTH, MiB, peak_rss, reset_peak_rss
 from xmppcluster.s2s.dialback import dialback_key
 
 CLIENT = "{jabber:client}"
@@ -62,19 +60,10 @@ class S2SAttackCase(TestCase):
             bob.close()
 
     async def under_attack(self, attack) -> tuple[object, list[float], int]:
-        """Run ``attack()`` in a thread while carol@b.test pings b.test; (result, round trips, RSS growth)."""
+        """Run ``attack()`` in a thread while pinger@b.test pings b.test; (result, round trips, RSS growth)."""
         await self.b.running.add_user("pinger@b.test", "pinger-pass")
         pinger = await deferToThread(Pinger, self.b.c2s_port, self.ca, "pinger", "pinger-pass", domain="b.test")
-        before = reset_peak_rss()
-
-        def attacking():
-            try:
-                return attack()
-            finally:
-                pinger.stop.set()
-
-        result, rtts = await gatherResults([deferToThread(attacking), deferToThread(pinger.run)])
-        return result, rtts, peak_rss() - before
+        return await pinged_attack(pinger, attack, self.id())
 
     def assertBehaved(self, rtts: list[float], growth: int) -> None:
         self.assertLess(max(rtts), MAX_RTT, f"ping round trips under attack: {sorted(rtts)[-5:]}")

@@ -7,21 +7,18 @@ docs/security.rst.
 
 from __future__ import annotations
 
-import os
 import ssl
-import sys
 import threading
 import xml.etree.ElementTree as ET
 
 from OpenSSL import SSL
-from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.clients.bosh import BoshClient
 from tests.clients.raw import SASL, Closed, RawClient, q
 from tests.clients.ws import FRAMING, WSClient
-from tests.support.attack import MAX_RTT, Pinger
+from tests.support.attack import MAX_RSS_GROWTH, MAX_RTT, MiB, Pinger, pinged_attack
 from tests.support.server import start_server
 from tests.support.slix import ca_file
 from xmppcluster.auth import mechanisms
@@ -29,31 +26,6 @@ from xmppcluster.streams import core, tcp
 
 PASSWORD = "pencil"
 CLIENT = "{jabber:client}"
-MiB = 1024 * 1024
-#: The well-behaved client's ping round trip while an attack runs (the issue's target).
-#: Growth of the node's peak RSS an attack may cause (docs/security.rst, "Client flow control").
-MAX_RSS_GROWTH = 64 * MiB
-
-
-def peak_rss(field: str = "VmHWM") -> int:
-    """Peak (or, with ``VmRSS``, current) resident memory of this process (the node runs in it), in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_rss() -> int:
-    """Start a new peak measurement (Linux: the peak becomes the current RSS); the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-    except OSError:  # pragma: no cover - then the growth is measured from the earlier peak
-        return peak_rss()
-    return peak_rss("VmRSS")
-
-
 class AttackCase(TestCase):
     timeout = 120
     extra_config = ""
@@ -103,23 +75,7 @@ class AttackCase(TestCase):
     async def under_attack(self, attack) -> tuple[object, list[float], int]:
         """Run ``attack()`` in a thread while carol pings; (its result, carol's round trips, peak RSS growth)."""
         pinger = await deferToThread(Pinger, self.port, self.ca, "carol", PASSWORD)
-        before = reset_peak_rss()
-
-        def attacking():
-            try:
-                return attack()
-            finally:
-                pinger.stop.set()
-
-        try:
-            result, rtts = await gatherResults([deferToThread(attacking), deferToThread(pinger.run)])
-        finally:
-            if os.environ.get("ATTACK_FIGURES"):  # the figures of docs/security.rst
-                rtts = sorted(pinger.rtts) or [0.0]
-                print(f"\n{self.id()}: peak RSS +{(peak_rss() - before) / MiB:.1f} MiB, ping max "
-                      f"{rtts[-1] * 1000:.0f} ms, median {rtts[len(rtts) // 2] * 1000:.0f} ms ({len(rtts)} pings)",
-                      file=sys.stderr)
-        return result, rtts, peak_rss() - before
+        return await pinged_attack(pinger, attack, self.id())
 
     def assertBehaved(self, rtts: list[float], growth: int) -> None:
         self.assertLess(max(rtts), MAX_RTT, f"ping round trips under attack: {sorted(rtts)[-5:]}")

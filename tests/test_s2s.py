@@ -62,6 +62,15 @@ class FederationCase(TestCase):
             alice.close()
             bob.close()
 
+    def bounce_of(self, to: str, ident: str) -> object:
+        """What alice@a.test gets back for a chat message to ``to`` (run in a thread)."""
+        alice = client(self.a, "alice", ca=self.ca)
+        try:
+            alice.send(f"<message to='{to}' type='chat' id='{ident}'><body>x</body></message>")
+            return alice.until(f"{CLIENT}message")
+        finally:
+            alice.close()
+
     def methods(self, domain) -> set[str]:
         return {line["auth"] for line in domain.federation.status() if line.get("auth")}
 
@@ -87,6 +96,9 @@ class ExternalTests(FederationCase):
                 version = alice.until(f"{CLIENT}iq")
                 alice.send("<iq type='get' id='x1' to='b.test'><query xmlns='urn:example:none'/></iq>")
                 missing = alice.until(f"{CLIENT}iq")
+                alice.send("<iq type='get' id='d1' to='b.test'><query xmlns='http://jabber.org/protocol/disco#info'/>"
+                           "</iq>")
+                self.disco = alice.until(f"{CLIENT}iq")
                 return version, missing
             finally:
                 alice.close()
@@ -95,6 +107,9 @@ class ExternalTests(FederationCase):
         self.assertEqual((version.get("type"), version.get("from")), ("result", "b.test"))
         self.assertIsNotNone(version.find("{jabber:iq:version}query/{jabber:iq:version}name"))
         self.assertEqual((missing.get("type"), error_of(missing)), ("error", "service-unavailable"))
+        features = {f.get("var") for f in self.disco.iter("{http://jabber.org/protocol/disco#info}feature")}
+        self.assertEqual((self.disco.get("type"), self.disco.get("from")), ("result", "b.test"))
+        self.assertIn("urn:xmpp:ping", features)
 
 
 class DirectTLSTests(FederationCase):
@@ -116,15 +131,7 @@ class UntrustedTests(FederationCase):
     extra = {"a.test": "s2s/connect-timeout=5\n"}
 
     async def test_refused_and_bounced(self) -> None:
-        def send() -> object:
-            alice = client(self.a, "alice", ca=self.ca)
-            try:
-                alice.send("<message to='bob@b.test' type='chat' id='u1'><body>x</body></message>")
-                return alice.until(f"{CLIENT}message")
-            finally:
-                alice.close()
-
-        bounced = await deferToThread(send)
+        bounced = await deferToThread(self.bounce_of, "bob@b.test", "u1")
         self.assertEqual((bounced.get("type"), bounced.get("id")), ("error", "u1"))
         self.assertEqual(error_of(bounced), "remote-server-timeout")
 
@@ -323,15 +330,7 @@ class DNSTests(FederationCase):
         self.assertEqual([(line["remote"], line["direct_tls"]) for line in out], [("b.test", False)])
 
     async def test_no_such_domain_bounces_not_found(self) -> None:
-        def send() -> object:
-            alice = client(self.a, "alice", ca=self.ca)
-            try:
-                alice.send("<message to='x@nowhere.b.test' type='chat' id='n1'><body>x</body></message>")
-                return alice.until(f"{CLIENT}message")
-            finally:
-                alice.close()
-
-        bounced = await deferToThread(send)
+        bounced = await deferToThread(self.bounce_of, "x@nowhere.b.test", "n1")
         self.assertEqual((bounced.get("type"), error_of(bounced)), ("error", "remote-server-not-found"))
 
 

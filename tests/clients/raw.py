@@ -55,9 +55,14 @@ class RawClient:
         self.stream_error: ET.Element | None = None
         self.stream_closed = False
 
-    def _wrap_tls(self) -> None:
+    def _context(self) -> SSL.Context:
+        """The TLS context of the handshake (a subclass may add a client certificate)."""
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        return context
+
+    def _wrap_tls(self) -> None:
+        context = self._context()
         if self.ca_file:
             context.load_verify_locations(self.ca_file)
             context.set_verify(SSL.VERIFY_PEER, lambda *args: args[-1])

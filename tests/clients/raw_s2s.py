@@ -26,20 +26,12 @@ class RawServer(RawClient):
         self.cert_file = cert_file
         super().__init__(port, domain=target, direct_tls=direct_tls, ca_file=ca_file, timeout=timeout)
 
-    def _wrap_tls(self) -> None:
-        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    def _context(self) -> SSL.Context:
+        context = super()._context()
         if self.cert_file:
             context.use_certificate_chain_file(self.cert_file)
             context.use_privatekey_file(self.cert_file)
-        if self.ca_file:
-            context.load_verify_locations(self.ca_file)
-            context.set_verify(SSL.VERIFY_PEER, lambda *args: args[-1])
-        connection = SSL.Connection(context, self.raw)
-        connection.set_tlsext_host_name(self.domain.encode())
-        connection.set_connect_state()
-        self._retry(connection.do_handshake)
-        self.tls = self.sock = connection
+        return context
 
     def open(self):
         self._new_parser()

@@ -6,6 +6,8 @@ thread, pings the server every 50 ms meanwhile, and returns the attack's result 
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,9 @@ from tests.support.slix import ca_file
 
 #: The well-behaved client's ping round trip while an attack runs (the "hostile users" issue's target).
 MAX_RTT = 0.25
+MiB = 1024 * 1024
+#: Growth of the node's peak RSS an attack may cause (docs/security.rst, "Client flow control").
+MAX_RSS_GROWTH = 64 * MiB
 PINGER = "pinger@localhost"
 PINGER_PASSWORD = "pinger-pass"
 
@@ -73,3 +78,44 @@ async def under_attack(running: RunningServer, attack: Callable[[], Any]) -> tup
 
     result, rtts = await gatherResults([deferToThread(attacking), deferToThread(pinger.run)])
     return result, rtts
+
+
+def peak_rss(field: str = "VmHWM") -> int:
+    """Peak (or, with ``VmRSS``, current) resident memory of this process (the node runs in it), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Start a new peak measurement (Linux: the peak becomes the current RSS); the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:  # pragma: no cover - then the growth is measured from the earlier peak
+        return peak_rss()
+    return peak_rss("VmRSS")
+
+
+async def pinged_attack(pinger: Pinger, attack: Callable[[], Any], label: str = "") -> tuple[Any, list[float], int]:
+    """Run ``attack()`` in a thread while ``pinger`` pings; (its result, the round trips, peak RSS growth).
+    With ``ATTACK_FIGURES`` set, print the figures of docs/security.rst under ``label``."""
+    before = reset_peak_rss()
+
+    def attacking() -> Any:
+        try:
+            return attack()
+        finally:
+            pinger.stop.set()
+
+    try:
+        result, rtts = await gatherResults([deferToThread(attacking), deferToThread(pinger.run)])
+    finally:
+        if os.environ.get("ATTACK_FIGURES"):
+            rtts = sorted(pinger.rtts) or [0.0]
+            print(f"\n{label}: peak RSS +{(peak_rss() - before) / MiB:.1f} MiB, ping max "
+                  f"{rtts[-1] * 1000:.0f} ms, median {rtts[len(rtts) // 2] * 1000:.0f} ms ({len(rtts)} pings)",
+                  file=sys.stderr)
+    return result, rtts, peak_rss() - before

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pyexpat
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.words.xish.domish import Element
 
@@ -372,6 +372,13 @@ class StreamParser:
         self.skip_comments = skip_comments
         self._fault: StreamFault | None = None
         self._builder = self._new_builder()
+
+    @classmethod
+    def within(cls, handler: StreamHandler, limits: Any) -> StreamParser:
+        """A parser for a network stream, with the per-stanza limits of ``limits`` (``config.limits``:
+        ``max_stanza_bytes``, ``max_elements``, ``max_depth``)."""
+        return cls(handler, max_stanza_bytes=limits.max_stanza_bytes, max_elements=limits.max_elements,
+                   max_depth=limits.max_depth)
 
     def _new_builder(self) -> _Builder:
         return _Builder(self.handler, self.max_stanza_bytes, self.max_elements, self.max_depth, self.containers,

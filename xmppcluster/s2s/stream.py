@@ -31,7 +31,7 @@ from xmppcluster.core.xml import StreamFault, StreamParser
 from xmppcluster.s2s import dialback
 from xmppcluster.s2s.tls import peer_identity, tls_version
 from xmppcluster.streams.core import stream_error
-from xmppcluster.streams.flow import InputGate, OutputQueue
+from xmppcluster.streams.flow import InputGate, OutputQueue, no_delay, throttled_input
 from xmppcluster.streams.throttle import ReadThrottle
 
 if TYPE_CHECKING:
@@ -107,15 +107,10 @@ class ServerStream(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted interface)
         self.peer = getattr(self.transport.getPeer(), "host", "?")
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-        limits = self.server.limits
-        self.parser = StreamParser(self, max_stanza_bytes=limits.max_stanza_bytes,
-                                   max_elements=limits.max_elements, max_depth=limits.max_depth)
-        self.gate = InputGate(self.transport, self._feed)
+        no_delay(self.transport)
+        self.parser = StreamParser.within(self, self.server.limits)
         rate = self.settings.rate_limit
-        self.throttle = ReadThrottle(self.gate.valve(), self.clock, rate, rate * 4, self.gate.received)
+        self.gate, self.throttle = throttled_input(self.transport, self._feed, self.clock, rate, rate * 4)
         self.output = OutputQueue(self.transport.write, OUTPUT_LIMIT, on_pause=lambda: None,
                                   on_resume=lambda: None, on_overflow=self._overflow)
         self.transport.registerProducer(self.output, True)

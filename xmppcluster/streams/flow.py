@@ -201,3 +201,21 @@ class OutputQueue:
 
     def stopProducing(self) -> None:
         """The connection is going away; what is still held stays for :meth:`unsent_stanzas`."""
+
+
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off where the transport has it: XMPP is request/response at every negotiation
+    step, and Nagle with delayed ACKs would add ~40 ms to each."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
+def throttled_input(transport: Any, deliver: Callable[[Any], None], clock: Any, rate: float,
+                    burst: float) -> tuple[InputGate, Any]:
+    """Input read from ``transport`` at ``rate`` bytes/s (``burst`` above it), through a gate that can stop
+    it, to ``deliver``: (the gate, the read throttle that ``dataReceived`` feeds)."""
+    from xmppcluster.streams.throttle import ReadThrottle
+
+    gate = InputGate(transport, deliver)
+    return gate, ReadThrottle(gate.valve(), clock, rate, burst, gate.received)

@@ -21,7 +21,7 @@ from xmppcluster.core.serializer import serialize as fast_serialize
 from xmppcluster.core.serializer import start_tag
 from xmppcluster.core.xml import StreamFault, StreamParser
 from xmppcluster.streams.core import STANZAS, ClientStream, StreamHeader, stream_error, tls_channel_info
-from xmppcluster.streams.flow import InputGate, OutputQueue
+from xmppcluster.streams.flow import InputGate, OutputQueue, no_delay, throttled_input
 from xmppcluster.streams.peers import client_policy
 from xmppcluster.streams.throttle import Lease, ReadThrottle, connection_limit, log_budget
 
@@ -91,18 +91,13 @@ class ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.peer = getattr(self.transport.getPeer(), "host", "?")
-        # XMPP is request/response at every negotiation step: Nagle + delayed ACK would add ~40 ms each.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        no_delay(self.transport)
         limits = self.server.limits
-        self.parser = StreamParser(self, max_stanza_bytes=limits.max_stanza_bytes,
-                                   max_elements=limits.max_elements, max_depth=limits.max_depth)
+        self.parser = StreamParser.within(self, limits)
         self.stream = ClientStream(self.server, self, tls_required=self.listener.tls_required)
         # Input: read throttle -> gate (stopped while SASL works or while our output backs up) -> parser.
-        self.gate = InputGate(self.transport, self._feed)
-        self.throttle = ReadThrottle(self.gate.valve(), self.server.clock, limits.client_rate, limits.client_burst,
-                                     self.gate.received)
+        self.gate, self.throttle = throttled_input(self.transport, self._feed, self.server.clock, limits.client_rate,
+                                                   limits.client_burst)
         # Output: the transport pauses us when its buffer is full; then output waits, bounded.
         self.output = OutputQueue(self.transport.write, limits.client_output_limit,
                                   on_pause=lambda: self.stream.hold_input("output"),
