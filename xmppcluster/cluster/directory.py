@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.cluster.delivery import kept
-from xmppcluster.core.namespaces import CLIENT
+from xmppcluster.core.events import SESSION_CARBONS
+from xmppcluster.core.namespaces import CARBONS, CLIENT
 from xmppcluster.core.serializer import serialize
 from xmppcluster.core.serializer import tag as element
 from xmppcluster.core.sessions import Session
@@ -112,7 +113,8 @@ def describe(session: Session, tag: str = "bound") -> bytes:
         stamp = stamp_of(session)
         inner += "".join(element("directed", {"to": target}) for target in session.directed)
     return element(tag, {"jid": session.jid, "stamp": stamp, "prio": session.priority,
-                         "interested": int(session.interested)}, inner).encode()
+                         "interested": int(session.interested),
+                         "carbons": 1 if session.data.get(CARBONS) else None}, inner).encode()
 
 
 def directed_delta(session: Session, target: str | None, added: bool) -> bytes:
@@ -150,6 +152,19 @@ def parse_state(element: domish.Element) -> tuple[int, bool, domish.Element | No
     for child in element.elements(CLIENT, "presence"):
         presence = child
     return priority, element.getAttribute("interested") == "1", presence
+
+
+def parse_carbons(element: domish.Element, remote: RemoteSession) -> bool:
+    """Set ``remote``'s XEP-0280 carbons flag (``data[CARBONS]``) from its bound/state element; True when it
+    changed."""
+    enabled = element.getAttribute("carbons") == "1"
+    if enabled == bool(remote.data.get(CARBONS)):
+        return False
+    if enabled:
+        remote.data[CARBONS] = True
+    else:
+        remote.data.pop(CARBONS, None)
+    return True
 
 
 def parse_directed(element: domish.Element) -> set[str]:
@@ -206,11 +221,15 @@ class Directory:
             self._forget(existing)
         self.by_node.setdefault(node, {})[jid] = remote
         self.sessions.bind(remote)
+        if parse_carbons(element, remote):
+            self.cluster.server.hooks.notify(SESSION_CARBONS, remote)
 
     def state(self, node: str, element: domish.Element) -> None:
         remote = self.by_node.get(node, {}).get(element.getAttribute("jid") or "")
         if remote is not None:
             remote.priority, remote.interested, remote.presence = parse_state(element)
+            if parse_carbons(element, remote):
+                self.cluster.server.hooks.notify(SESSION_CARBONS, remote)
 
     def directed(self, node: str, element: domish.Element, added: bool) -> None:
         """A ``<directed/>`` or ``<undirected/>`` delta of a session of ``node``."""
@@ -252,6 +271,8 @@ class Directory:
                 known.priority, known.interested, known.presence = parse_state(child)
                 known.directed = parse_directed(child)
                 self.clock = max(self.clock, known.stamp)
+                if parse_carbons(child, known):
+                    self.cluster.server.hooks.notify(SESSION_CARBONS, known)
                 continue
             if known is not None:
                 # Replaced here while the link was down (a bind on this node): decide the conflict again.

@@ -104,6 +104,7 @@ class Cluster:
         on(ev.PRESENCE_BROADCAST, self._local_state, 1000)
         on(ev.SESSION_DIRECTED, self._local_directed, 1000)
         on(ev.SESSION_INTERESTED, self._local_changed, 1000)
+        on(ev.SESSION_CARBONS, self._local_changed, 1000)
         on(ev.SESSION_UNBOUND, self._local_unbound, 1000)
         on(ev.ROSTER_CHANGED, self._roster_changed, -1000)
         on(ev.BLOCKING_CHANGED, self._blocking_changed, -1000)
@@ -351,7 +352,7 @@ class Cluster:
         return self._local_changed(session)
 
     def _local_changed(self, session: Session) -> bool:
-        """Presence, priority or roster interest changed: peers update the entry."""
+        """Presence, priority, roster interest or the carbons flag changed: peers update the entry."""
         if session.node is None:
             self.broadcast(describe(session, "state"))
         return False

@@ -73,13 +73,17 @@ SESSION_DIRECTED = Event(
     "session/directed", NOTIFY, "session, target: str | None, added: bool",
     "a directed-presence recipient was added or removed (target None: all removed)",
     "presence", "cluster")
+SESSION_CARBONS = Event(
+    "session/carbons", NOTIFY, "session",
+    "a session turned XEP-0280 carbons on or off (its data[CARBONS]); for another node's session, its entry said so",
+    "carbons, cluster", "carbons, cluster")
 
 # -- what a client sends -------------------------------------------------------------------------------
 
 MESSAGE_OUTGOING = Event(
     "message/outgoing", DISPATCH, "stanza, session",
     "a message a client sent, before routing; true = handled (not routed)",
-    "streams/core.py, blocking", "blocking, ops/metrics.py")
+    "streams/core.py, blocking", "blocking, carbons, ops/metrics.py")
 PRESENCE_OUTGOING = Event(
     "presence/outgoing", DISPATCH, "stanza, session",
     "a presence a client sent, before routing; true = handled (not routed)",
@@ -109,7 +113,7 @@ PRESENCE_SERVER = Event(
 MESSAGE_BARE = Event(
     "message/bare", DISPATCH, "stanza, bare: str, sender",
     "a message to a local bare JID; true = handled (otherwise RFC 6121 §8.5.2 delivery)",
-    "core/router.py", "blocking")
+    "core/router.py", "blocking, carbons")
 PRESENCE_BARE = Event(
     "presence/bare", DISPATCH, "stanza, bare: str, sender",
     "a presence to a local bare JID; true = handled (otherwise to its available resources)",
@@ -121,7 +125,7 @@ IQ_BARE = Event(
 MESSAGE_FULL = Event(
     "message/full", DISPATCH, "stanza, bare: str, resource: str, session | None, sender",
     "a message to a local full JID; true = handled (otherwise to the session, or RFC 6121 §8.5.3)",
-    "core/router.py", "blocking")
+    "core/router.py", "blocking, carbons")
 PRESENCE_FULL = Event(
     "presence/full", DISPATCH, "stanza, bare: str, resource: str, session | None, sender",
     "a presence to a local full JID; true = handled",

@@ -10,3 +10,5 @@ BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 XML = "http://www.w3.org/XML/1998/namespace"
+#: XEP-0280 Message Carbons; also the ``Session.data`` key of a session's carbons flag (replicated to other nodes).
+CARBONS = "urn:xmpp:carbons:2"

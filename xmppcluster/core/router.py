@@ -194,10 +194,7 @@ class Router:
         if kind == "groupchat":
             self.bounce(stanza, "service-unavailable")
             return
-        eligible = [s for s in self.sessions.available(bare) if s.priority >= 0]
-        if eligible and kind != "headline":
-            top = max(s.priority for s in eligible)
-            eligible = [s for s in eligible if s.priority == top]
+        eligible = self.message_recipients(bare, kind)
         if eligible:
             for session in eligible:
                 session.deliver(stanza)
@@ -206,6 +203,15 @@ class Router:
             return
         if not self.hooks.dispatch(MESSAGE_OFFLINE, stanza, bare):
             self.bounce(stanza, "service-unavailable")
+
+    def message_recipients(self, bare: str, kind: str) -> list[Session]:
+        """The resources of ``bare`` that take a message of type ``kind`` (normal, chat or headline) sent to the
+        bare JID (RFC 6121 §8.5.2.1): available, non-negative priority, and for all but headline the highest."""
+        eligible = [s for s in self.sessions.available(bare) if s.priority >= 0]
+        if eligible and kind != "headline":
+            top = max(s.priority for s in eligible)
+            eligible = [s for s in eligible if s.priority == top]
+        return eligible
 
     def undeliverable(self, stanza: domish.Element, bare: str) -> None:
         """A stanza for a session that vanished on the way (e.g. its node died): the RFC 6121 fallback.
