@@ -17,7 +17,7 @@ from tests.support.attack import MAX_RTT, under_attack
 from tests.support.cluster import DOMAIN
 from tests.support.server import start_server
 from tests.support.slix import ca_file
-from tests.test_message_rules import eventually, parse
+from tests.test_message_rules import Client, eventually, make_server, parse
 from xmppcluster.modules.csi import HOLD, LATEST, URGENT, classify, classify_serialized, is_inactive
 from xmppcluster.storage import open_storage
 from xmppcluster.storage.offline import OfflineStore
@@ -111,6 +111,45 @@ class ClassifyTests(SynchronousTestCase):
         state = classify(parse("<message from='a@x/r'><gone xmlns='http://jabber.org/protocol/chatstates'/>"
                                "</message>"))[1]
         self.assertNotEqual(first, state)
+
+
+class EndingSessionTests(SynchronousTestCase):
+    """What an inactive session held is routed again when its stream ends, even in the middle of a flush
+    (stream core on fake transports: bob/phone inactive, bob/laptop available)."""
+
+    def setUp(self) -> None:
+        self.server = make_server(modules=("urn:xmpp:csi:0",))
+        self.alice = Client(self.server, "alice", "pc")
+        self.laptop = Client(self.server, "bob", "laptop")
+        self.laptop.presence(0)
+        self.phone = Client(self.server, "bob", "phone")
+        self.phone.presence(1)
+        self.phone.send(INACTIVE)
+        for n in range(3):
+            self.alice.send(f"<message to='bob@localhost/phone' type='chat' id='r{n}'>"
+                            f"<received xmlns='urn:xmpp:receipts' id='m{n}'/></message>")
+        self.assertEqual(self.phone.take("message"), [])
+        self.laptop.take()
+
+    def test_held_messages_go_to_another_resource_after_the_transport_s_own(self) -> None:
+        self.phone.close()
+        self.assertEqual(self.laptop.take("message"), [])  # one reactor turn later
+        self.server.clock.advance(0)
+        self.assertEqual([m["id"] for m in self.laptop.take("message")], ["r0", "r1", "r2"])
+
+    def test_a_stream_that_ends_during_a_flush_loses_nothing(self) -> None:
+        transport, stream = self.phone.transport, self.phone.stream
+        written = transport.sent.append
+
+        def send_then_fail(element) -> None:  # the client stops reading after one stanza
+            written(element)
+            if element.name == "message":
+                stream.fail("resource-constraint")
+
+        transport.send = send_then_fail
+        self.phone.send(ACTIVE)
+        self.assertEqual([m["id"] for m in self.phone.take("message")], ["r0"])
+        self.assertEqual([m["id"] for m in self.laptop.take("message")], ["r1", "r2"])
 
 
 # -- clients on each transport (blocking; run in threads) ---------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.core.events import SESSION_UNBOUND, STREAM_ELEMENT
@@ -46,6 +47,8 @@ MAX_HELD = 256
 KEY = "csi"
 
 URGENT, HOLD, LATEST = "urgent", "hold", "latest"
+
+log = Logger()
 
 
 def classify(stanza: domish.Element) -> tuple[str, Any]:
@@ -108,6 +111,27 @@ def _write(session: Session, item: domish.Element | bytes) -> None:
         Session.deliver(session, item)
 
 
+def write_all(session: Session, items: list[domish.Element | bytes]) -> None:
+    """Write ``items`` in order; if the stream ends on the way (its client stopped reading), the rest is
+    routed again (:func:`reroute`) instead of being written to a closed stream."""
+    for index, item in enumerate(items):
+        if not session.is_open:
+            reroute(session.stream.server, session.bare, items[index:])
+            return
+        _write(session, item)
+
+
+def reroute(server: Any, bare: str, items: list[domish.Element | bytes]) -> None:
+    """The RFC 6121 fallback for stanzas held for a session that is gone: messages to the account's other
+    resources or offline storage, IQ requests answered with an error, the rest dropped."""
+    router = server.router
+    for item in items:
+        try:
+            router.undeliverable(reparse(item) if item.__class__ is bytes else item, bare)
+        except Exception:
+            log.failure("routing a stanza held for {bare} again failed", bare=bare)
+
+
 class Held:
     """What an inactive session holds, oldest first; a coalesced stanza takes the place of the newest."""
 
@@ -121,8 +145,7 @@ class Held:
     def take(self, session: Session, item: domish.Element | bytes, verdict: str, key: Any) -> None:
         """Hold ``item``, or write everything held and then it (urgent); past the limit, write all."""
         if verdict == URGENT:
-            self.flush(session)
-            _write(session, item)
+            write_all(session, [*self.drain(), item])
             return
         stanzas = self.stanzas
         if key is None:
@@ -142,8 +165,7 @@ class Held:
     def flush(self, session: Session) -> None:
         """Write everything held to the session's client, in order."""
         if self.stanzas:
-            for item in self.drain():
-                _write(session, item)
+            write_all(session, self.drain())
 
     def __len__(self) -> int:
         return len(self.stanzas)
@@ -207,8 +229,7 @@ class ClientStateIndication(Module):
             go_inactive(session, self.max_held)
         elif element.name == "active":
             # Written before the client's next element is read (XEP-0352 §5.1, in-order processing).
-            for item in go_active(session):
-                _write(session, item)
+            write_all(session, go_active(session))
         else:
             return False
         return True
@@ -219,13 +240,4 @@ class ClientStateIndication(Module):
         what it could not write (those are older)."""
         held = go_active(session)
         if held:
-            self.server.clock.callLater(0, self._reroute, session.bare, held)
-
-    def _reroute(self, bare: str, held: list[domish.Element | bytes]) -> None:
-        router = self.server.router
-        for item in held:
-            try:
-                stanza = reparse(item) if item.__class__ is bytes else item
-                router.undeliverable(stanza, bare)
-            except Exception:
-                self.log.failure("routing a stanza held for {bare} again failed", bare=bare)
+            self.server.clock.callLater(0, reroute, self.server, session.bare, held)
