@@ -226,6 +226,38 @@ class Rules(SynchronousTestCase):
         self.assertEqual([error_condition(e) for e in bob_other.take("message")], ["not-acceptable"])
 
 
+class Replication(SynchronousTestCase):
+    """The flag in the directory: one attribute on the session's entry, only while on."""
+
+    def test_the_flag_follows_bound_state_and_sync(self) -> None:
+        from tests.test_cluster_sync import Node, frame  # here: at module level trial would run its tests too
+        from xmppcluster.cluster.directory import describe, sync_frames
+        from xmppcluster.core.events import SESSION_CARBONS, Events
+
+        owner, mirror = Node("t1.example.com"), Node("t2.example.com")
+        mirror.server.hooks = Events()
+        heard: list[tuple[str, bool]] = []
+        mirror.server.hooks.on(SESSION_CARBONS, lambda s: heard.append((s.jid, bool(s.data.get(NS)))))
+        session = owner.local("alice@example.com/phone")
+        self.assertNotIn(b"carbons", describe(session))  # nothing more on the wire for a session without
+        session.data[NS] = True
+        self.assertIn(b" carbons='1'", describe(session))
+        mirror.directory.bound(owner.name, frame(describe(session)))
+        remote = mirror.server.sessions.get("alice@example.com", "phone")
+        self.assertTrue(remote.data.get(NS))
+        del session.data[NS]
+        for _ in range(2):  # told once per change
+            mirror.directory.state(owner.name, frame(describe(session, "state")))
+        self.assertIsNone(remote.data.get(NS))
+        session.data[NS] = True
+        mirror.directory.begin_sync(owner.name)
+        for data in sync_frames([session], lambda s: True):
+            mirror.directory.sync(owner.name, frame(data))
+        self.assertTrue(remote.data.get(NS))
+        self.assertEqual(heard, [("alice@example.com/phone", True), ("alice@example.com/phone", False),
+                                 ("alice@example.com/phone", True)])
+
+
 class RealServer(TestCase):
     """A real server with its listeners; raw clients (our own, independent of the server) and slixmpp."""
 
