@@ -234,8 +234,8 @@ def answered(client, ident: str) -> list[ET.Element]:
 class CSITests(TestCase):
     timeout = 90
 
-    async def start(self, components: tuple[str, ...] = ("c2s",)) -> None:
-        self.running = await start_server(self, components=components)
+    async def start(self, components: tuple[str, ...] = ("c2s",), config: str = "") -> None:
+        self.running = await start_server(self, config, components=components)
         for user in ("alice", "bob"):
             await self.running.add_user(f"{user}@localhost", PASSWORD)
         store = RosterStore(self.running.server.storage.db)
@@ -375,8 +375,8 @@ class CSITests(TestCase):
             ("presence", alice.jid, None, "s7"), ("presence", "carol@localhost", "subscribe", None)])
 
     async def test_cap_flushes_everything_held(self) -> None:
-        await self.start()
-        self.csi.max_held = 3
+        await self.start(config="--csi-max-held=3\n")
+        self.assertEqual(self.csi.max_held, 3)
         alice, bob = await self.pair()
 
         def headlines(numbers):

@@ -299,6 +299,9 @@ register(G, "roster-pending-max-bytes", "I", 1048576,
          "Most bytes of unanswered subscription requests kept per user (0 = no byte limit); a request that does "
          "not fit is kept without its payload (status, nick...).", minimum=0)
 register(G, "vcard-max-size", "I", 65536, "Largest vCard stored, in bytes.", minimum=1024)
+register(G, "csi-max-held", "I", 256,
+         "Stanzas held for a client that said it is inactive (XEP-0352); one more and all are written.",
+         minimum=1, maximum=10000)
 for _cm in CONNECTION_MANAGERS:
     register(_cm, "connections/ports", "i", _DEFAULT_PORTS[_cm],
              f"Ports of the {_cm} connection manager" + (" (opened only with --cluster-mode)." if _cm == "cl-comp"

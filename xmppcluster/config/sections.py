@@ -71,6 +71,7 @@ class Quotas:
     offline_max_bytes: int = 10485760
     vcard_max_bytes: int = 65536
     directed_presence_max: int = 1000
+    csi_max_held: int = 256
 
     @classmethod
     def from_values(cls, get: Getter) -> Quotas:
@@ -79,7 +80,8 @@ class Quotas:
                    offline_max_messages=get("--", "offline-max-messages"),
                    offline_max_bytes=get("--", "offline-max-bytes"),
                    vcard_max_bytes=get("--", "vcard-max-size"),
-                   directed_presence_max=get("--", "directed-presence-max"))
+                   directed_presence_max=get("--", "directed-presence-max"),
+                   csi_max_held=get("--", "csi-max-held"))
 
 
 @dataclass(frozen=True)

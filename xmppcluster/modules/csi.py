@@ -10,8 +10,8 @@ the same way; other messages without a body (receipts, markers, headlines, PEP e
 anything urgent (a message with a body or subject, an error, an IQ, a subscription presence, a carbon sent by
 the user, a XEP-0334 ``<store/>`` hint, an invitation, an encrypted message, a call) is written after
 everything held, in order, at once. ``<active/>`` writes everything held, as does a session holding more
-than :data:`MAX_HELD` stanzas. A session that never went inactive keeps the plain :class:`Session` methods:
-its delivery costs nothing more.
+than ``--csi-max-held`` stanzas (default 256). A session that never went inactive keeps the plain
+:class:`Session` methods: its delivery costs nothing more.
 
 The state is the session's (``session.data["csi"]`` and its class), not the stream's. A session that ends
 while holding stanzas has them routed again (RFC 6121 fallback: other resources, offline storage), after
@@ -41,7 +41,7 @@ MUC_USER = "http://jabber.org/protocol/muc#user"
 #: XEP-0249 direct invitation, XEP-0353 call proposals).
 URGENT_PAYLOADS = frozenset(("urn:xmpp:eme:0", "jabber:x:conference", "urn:xmpp:jingle-message:0",
                              "urn:xmpp:jingle-message:1"))
-#: Stanzas held per inactive session; one more and everything held is written.
+#: Default of ``--csi-max-held``: stanzas held per inactive session; one more and everything held is written.
 MAX_HELD = 256
 #: Where a session keeps its held stanzas.
 KEY = "csi"
@@ -210,8 +210,10 @@ class ClientStateIndication(Module):
     """XEP-0352: ``<inactive/>`` holds what is not urgent, ``<active/>`` writes it."""
 
     name = "urn:xmpp:csi:0"
-    #: Stanzas held per session before everything is written.
-    max_held = MAX_HELD
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        #: Stanzas held per session before everything is written (``--csi-max-held``).
+        self.max_held: int = self.config.quotas.csi_max_held
 
     def stream_features(self, stream: Any, stage: str) -> list[domish.Element]:
         if stage == "bound" and self.serves(stream.domain):
