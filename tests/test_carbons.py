@@ -208,6 +208,23 @@ class Rules(SynchronousTestCase):
         self.assertEqual(self.carbons(phone), [])
         self.assertEqual(len(self.carbons(tablet, "received")), 1)
 
+    def test_accounts_without_carbons_cost_a_set_lookup(self) -> None:
+        """Hot path: nothing looks inside a message unless its account has carbons enabled somewhere."""
+        from unittest import mock
+
+        from xmppcluster.modules import carbons
+
+        bob = self.client("bob", "b")
+        alice = self.client("alice", "a")
+        self.client("carol", "c", carbons=True)  # someone else's carbons change nothing for them
+        looked: list[str] = []
+        with mock.patch.object(carbons, "eligible", lambda *a: looked.append("eligible")), \
+                mock.patch.object(carbons, "forged", lambda *a: looked.append("forged")):
+            alice.send("<message to='bob@localhost' type='chat'><body>1</body></message>")
+            alice.send("<message to='bob@localhost/b' type='chat'><body>2</body></message>")
+        self.assertEqual([body(m) for m in bob.take("message")], ["1", "2"])
+        self.assertEqual(looked, [])
+
     def test_forged_carbon_is_refused_for_an_account_with_carbons(self) -> None:
         bob = self.client("bob", "b", carbons=True)
         bob_other = self.client("bob", "other", carbons=True)
