@@ -317,6 +317,31 @@ class CSITests(TestCase):
 
         self.assertEqual(await deferToThread(features), ([False, False, True], True))
 
+    async def test_switched_off_for_one_vhost(self) -> None:
+        """``vhost-man/<domain>/sm-plugins``: no feature there, and ``<inactive/>`` is not a stanza."""
+        running = await start_server(self, "vhost-man/b.example/sm-plugins[s]=-urn:xmpp:csi:0\n",
+                                     domains=("a.example", "b.example"))
+        for domain in ("a.example", "b.example"):
+            await running.add_user(f"user@{domain}", PASSWORD)
+
+        def indicate(domain: str) -> tuple:
+            client = RawClient(running.ports["c2s"]["plain"], domain=domain, ca_file=ca_file(running))
+            try:
+                client.open()
+                client.starttls()
+                client.scram("user", PASSWORD)
+                offered = client.open().find(q(CSI, "csi")) is not None
+                client.send(f"<iq type='set' id='b'><bind xmlns='{BIND}'/></iq>")
+                client.until(IQ)
+                client.send(INACTIVE + ping("p").replace("localhost", domain))
+                answer = client.until(IQ).get("id") if domain == "a.example" else client.error_condition()
+                return offered, answer
+            finally:
+                client.close()
+
+        self.assertEqual(await deferToThread(indicate, "a.example"), (True, "p"))
+        self.assertEqual(await deferToThread(indicate, "b.example"), (False, "unsupported-stanza-type"))
+
     async def test_tcp_presence_coalesced_chat_states_held_flushed_by_a_message(self) -> None:
         await self.start()
         await self.held_then_flushed_by_a_message(Tcp)
