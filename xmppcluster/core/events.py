@@ -83,7 +83,7 @@ SESSION_CARBONS = Event(
 MESSAGE_OUTGOING = Event(
     "message/outgoing", DISPATCH, "stanza, session",
     "a message a client sent, before routing; true = handled (not routed)",
-    "streams/core.py, blocking", "blocking, carbons, ops/metrics.py")
+    "streams/core.py, blocking", "blocking, carbons, mam, ops/metrics.py")
 PRESENCE_OUTGOING = Event(
     "presence/outgoing", DISPATCH, "stanza, session",
     "a presence a client sent, before routing; true = handled (not routed)",
@@ -113,7 +113,7 @@ PRESENCE_SERVER = Event(
 MESSAGE_BARE = Event(
     "message/bare", DISPATCH, "stanza, bare: str, sender",
     "a message to a local bare JID; true = handled (otherwise RFC 6121 §8.5.2 delivery)",
-    "core/router.py", "blocking, carbons")
+    "core/router.py", "blocking, carbons, mam")
 PRESENCE_BARE = Event(
     "presence/bare", DISPATCH, "stanza, bare: str, sender",
     "a presence to a local bare JID; true = handled (otherwise to its available resources)",
@@ -125,7 +125,7 @@ IQ_BARE = Event(
 MESSAGE_FULL = Event(
     "message/full", DISPATCH, "stanza, bare: str, resource: str, session | None, sender",
     "a message to a local full JID; true = handled (otherwise to the session, or RFC 6121 §8.5.3)",
-    "core/router.py", "blocking, carbons")
+    "core/router.py", "blocking, carbons, mam")
 PRESENCE_FULL = Event(
     "presence/full", DISPATCH, "stanza, bare: str, resource: str, session | None, sender",
     "a presence to a local full JID; true = handled",

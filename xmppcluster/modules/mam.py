@@ -1,0 +1,412 @@
+"""XEP-0313 Message Archive Management (urn:xmpp:mam:2) with XEP-0359 stanza-ids and XEP-0059 paging.
+
+Archiving: a chat or normal message with a body (or a XEP-0334 ``<store/>`` hint; never with ``<no-store/>``
+or ``<no-permanent-store/>``) is archived once for each local account it concerns:
+
+- *incoming*, for the recipient, where the router decides its delivery (``message/bare``, ``message/full``
+  for an existing resource): the node the sender is on, or the node that received it over federation. The
+  message is stamped there with ``<stanza-id xmlns='urn:xmpp:sid:0' by='user@domain' id=…/>`` before it goes
+  anywhere: to a session here, on the cluster link to another node (which writes it out as it is), or to
+  offline storage (so the offline copy and the archive carry the same id and the message is archived once);
+- *outgoing*, for the sender, on the sender's node (``message/outgoing``); a message to the account itself is
+  archived once, as incoming.
+
+Why there: the routing node is the one place that sees each message exactly once per account; the node that
+finally writes it to a client may not see it at all as an element (routed frames are written as text).
+
+A stanza-id is 12 random bytes and a 6-byte HMAC of them and the account under a secret every node shares
+(``server_secrets``), base64url. A message that comes through routing again (its session vanished, its node
+died: the RFC 6121 fallback) still carries our stanza-id, whose MAC proves it was archived already; any other
+stanza-id ``by`` the account (a client or remote server forging one) is removed before delivery.
+
+Writes are batched: rows collect for one reactor turn (and while the previous batch is being written) and
+are inserted in one transaction. A query first waits for the rows still in memory, so an archive always
+answers with everything archived before the query arrived. A node that dies loses the rows of its current
+batch (milliseconds of messages; docs/im.rst).
+
+Queries: the owner only (``forbidden`` otherwise); the XEP-0004 form fields with, start, end, before-id,
+after-id, ids (urn:xmpp:mam:2#extended), RSM max/after/before, ``<flip-page/>``; at most :attr:`MAX_PAGE`
+messages a page whatever ``max`` says.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.task import deferLater
+from twisted.words.xish import domish
+
+from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.events import MESSAGE_BARE, MESSAGE_FULL, MESSAGE_OUTGOING
+from xmppcluster.core.jid import InvalidJID, parse_jid
+from xmppcluster.core.keyed import KeyedQueue
+from xmppcluster.core.namespaces import CLIENT
+from xmppcluster.core.serializer import serialize, tag
+from xmppcluster.core.sessions import BoundSession
+from xmppcluster.modules import forms
+from xmppcluster.modules.base import Module, StanzaError, hook, iq
+from xmppcluster.storage.archive import IN, OUT, ArchivedMessage, ArchiveQuery, ArchiveStore, UnknownArchiveId
+
+NS = "urn:xmpp:mam:2"
+EXTENDED = "urn:xmpp:mam:2#extended"
+SID = "urn:xmpp:sid:0"
+RSM = "http://jabber.org/protocol/rsm"
+FORWARD = "urn:xmpp:forward:0"
+DELAY = "urn:xmpp:delay"
+HINTS = "urn:xmpp:hints"
+
+#: Runs after blocking (a refused message is not archived), before carbons (the carbon shows the stanza-id).
+PRIORITY = -50
+#: The most messages one page returns (a larger RSM max is capped).
+MAX_PAGE = 250
+#: The page size when the query has no RSM max.
+DEFAULT_PAGE = 50
+#: Rows per insert transaction at most.
+MAX_BATCH = 1000
+MAX_QUERYID = 256
+#: Result messages written before letting the reactor run other work (and waiting for the client to read).
+RESULTS_PER_TURN = 25
+
+
+def archivable(stanza: domish.Element) -> bool:
+    """Chat or normal with a body or a ``<store/>`` hint, and no ``<no-store/>``/``<no-permanent-store/>``."""
+    if (stanza.getAttribute("type") or "normal") not in ("normal", "chat"):
+        return False
+    keep = False
+    for child in stanza.children:
+        if isinstance(child, str):
+            continue
+        if child.uri == HINTS:
+            if child.name in ("no-store", "no-permanent-store"):
+                return False
+            keep = keep or child.name == "store"
+        elif child.uri == CLIENT and child.name == "body":
+            keep = True
+    return keep
+
+
+def stamp(us: int) -> str:
+    """XEP-0082 DateTime in UTC with microseconds (what ``start``/``end`` compare with exactly)."""
+    return datetime.fromtimestamp(us // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{us % 1_000_000:06d}Z"
+
+
+def parse_stamp(text: str) -> int:
+    """A XEP-0082 DateTime as microseconds since the epoch; ``bad-request`` when it is not one."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise StanzaError("bad-request", "start and end take a XEP-0082 DateTime") from None
+    if when.tzinfo is None:
+        raise StanzaError("bad-request", "a DateTime needs a time zone (Z)")
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _settled(d: Deferred) -> Deferred:
+    """A Deferred firing with None once ``d`` fires, leaving ``d``'s result alone."""
+    done: Deferred = Deferred()
+    d.addBoth(lambda result: (done.callback(None), result)[1])
+    return done
+
+
+class ArchiveWriter:
+    """Collects archive rows and writes them in batches: one transaction per reactor turn (or per write
+    already running), never more than one write at a time."""
+
+    def __init__(self, store: ArchiveStore, reactor: Any, log: Any) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.log = log
+        self._rows: list[ArchivedMessage] = []
+        self._call: Any = None
+        self._running: Deferred | None = None
+        #: rows written, and rows lost to a failed write (metrics, tests)
+        self.written = 0
+        self.failed = 0
+
+    def add(self, row: ArchivedMessage) -> None:
+        self._rows.append(row)
+        if self._running is None and self._call is None:
+            self._call = self.reactor.callLater(0, self._start)
+
+    def _start(self) -> Deferred:
+        self._call = None
+        if self._running is None:
+            self._running = ensureDeferred(self._drain())
+        return self._running
+
+    async def _drain(self) -> None:
+        try:
+            while self._rows:
+                rows, self._rows = self._rows[:MAX_BATCH], self._rows[MAX_BATCH:]
+                try:
+                    self.written += await self.store.add(rows)
+                except Exception:
+                    self.failed += len(rows)
+                    self.log.failure("archiving {n} messages failed", n=len(rows))
+        finally:
+            self._running = None
+
+    def flush(self) -> Deferred:
+        """Fires once every row added so far is written (or failed)."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        if not self._rows and self._running is None:
+            return succeed(None)
+
+        async def wait() -> None:
+            while self._rows or self._running is not None:
+                running = self._running if self._running is not None else self._start()
+                await _settled(running)
+
+        return ensureDeferred(wait())
+
+
+def result_xml(item: ArchivedMessage, owner: str, to: str, queryid: str | None) -> bytes:
+    """``<message><result><forwarded><delay/>stanza</forwarded></result></message>`` as UTF-8, written around
+    the archived text as it is (it is our serializer's output, with its xmlns)."""
+    delay = tag("delay", {"xmlns": DELAY, "stamp": stamp(item.ts)})
+    forwarded = tag("forwarded", {"xmlns": FORWARD}, delay + item.stanza.decode("utf-8"))
+    result = tag("result", {"xmlns": NS, "queryid": queryid, "id": item.id}, forwarded)
+    return tag("message", {"xmlns": CLIENT, "from": owner, "to": to}, result).encode("utf-8")
+
+
+class MessageArchive(Module):
+    """XEP-0313: archive messages per account, answer the owner's queries."""
+
+    name = "mam"
+    account_features = (NS, EXTENDED, SID)
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self.store: ArchiveStore | None = None
+        self.writer: ArchiveWriter | None = None
+        #: HMAC key of stanza-ids; a node-local one until the shared one is read at start
+        self.key = os.urandom(32)
+        self._last_us = 0
+        #: resource -> the query being answered for it
+        self._queries = KeyedQueue()
+
+    def start(self) -> None:
+        db = getattr(self.server.storage, "db", None)
+        if db is None:
+            return
+        self.store = ArchiveStore(db)
+        self.writer = ArchiveWriter(self.store, self.server.clock, self.log)
+        from xmppcluster.storage.secrets import shared_secret
+
+        def got(key: bytes) -> None:
+            self.key = key
+
+        d = ensureDeferred(shared_secret(db, "mam-stanza-id"))
+        d.addCallbacks(got, lambda failure: self.log.failure("reading the stanza-id secret failed", failure))
+
+    def stop(self) -> Deferred:
+        return self.writer.flush() if self.writer is not None else succeed(None)
+
+    # -- stanza-ids ------------------------------------------------------------------------------------
+
+    def _mac(self, nonce: bytes, owner: str) -> bytes:
+        return hmac.new(self.key, nonce + owner.encode(), hashlib.sha256).digest()[:6]
+
+    def new_id(self, owner: str) -> str:
+        nonce = os.urandom(12)
+        return base64.urlsafe_b64encode(nonce + self._mac(nonce, owner)).decode()
+
+    def ours(self, id: str, owner: str) -> bool:
+        """Whether ``id`` is a stanza-id this cluster made for ``owner``."""
+        try:
+            raw = base64.urlsafe_b64decode(id.encode("ascii")) if len(id) == 24 else b""
+        except (ValueError, UnicodeEncodeError):
+            return False
+        return len(raw) == 18 and hmac.compare_digest(raw[12:], self._mac(raw[:12], owner))
+
+    def _now_us(self) -> int:
+        now = int(self.server.clock.seconds() * 1_000_000)
+        self._last_us = now if now > self._last_us else self._last_us + 1
+        return self._last_us
+
+    # -- archiving -------------------------------------------------------------------------------------
+
+    def _archive(self, stanza: domish.Element, owner: str, direction: str, other: str, id: str) -> None:
+        try:
+            jid = parse_jid(other)
+        except InvalidJID:
+            return
+        user, _, domain = owner.partition("@")
+        assert self.writer is not None
+        self.writer.add(ArchivedMessage(user, domain, id, self._now_us(), jid.userhost(), jid.resource or "",
+                                        direction, serialize(stanza).encode("utf-8")))
+
+    @hook(MESSAGE_OUTGOING, PRIORITY)
+    def outgoing(self, stanza: domish.Element, session: BoundSession) -> bool:
+        if self.writer is None or not self.serves(session.bare.partition("@")[2]):
+            return False
+        to = stanza.getAttribute("to")
+        if to is None or not archivable(stanza):
+            return False
+        bare = session.bare
+        if to.partition("/")[0] == bare:
+            return False  # to the account itself: archived once, as incoming
+        self._archive(stanza, bare, OUT, to, self.new_id(bare))
+        return False
+
+    @hook(MESSAGE_BARE, PRIORITY)
+    def to_bare(self, stanza: domish.Element, bare: str, sender: BoundSession | None) -> bool:
+        self._incoming(stanza, bare)
+        return False
+
+    @hook(MESSAGE_FULL, PRIORITY)
+    def to_full(self, stanza: domish.Element, bare: str, resource: str, session: BoundSession | None,
+                sender: BoundSession | None) -> bool:
+        if session is not None:  # otherwise it goes on to the bare JID (archived there) or is answered
+            self._incoming(stanza, bare)
+        return False
+
+    def _incoming(self, stanza: domish.Element, bare: str) -> None:
+        archived = False
+        forged = []
+        for child in stanza.elements(SID, "stanza-id"):
+            if child.getAttribute("by") == bare:
+                if not archived and self.ours(child.getAttribute("id") or "", bare):
+                    archived = True  # routed again (RFC 6121 fallback): archived when it was first routed
+                else:
+                    forged.append(child)
+        for child in forged:
+            stanza.children.remove(child)
+        if archived or self.writer is None or not self.serves(bare.partition("@")[2]) or not archivable(stanza):
+            return
+        id = self.new_id(bare)
+        mark = stanza.addElement((SID, "stanza-id"))
+        mark["by"] = bare
+        mark["id"] = id
+        self._archive(stanza, bare, IN, stanza.getAttribute("from") or bare.partition("@")[2], id)
+
+    # -- queries ---------------------------------------------------------------------------------------
+
+    def _owner(self, request: domish.Element, sender: BoundSession | None) -> str:
+        if sender is None or self.target(request, sender) != sender.bare:
+            raise StanzaError("forbidden", "only the owner may query an archive")
+        if self.store is None:
+            raise StanzaError("service-unavailable", "no archive storage")
+        return sender.bare
+
+    @iq("get", NS, to=("account",))
+    def form(self, request: domish.Element, sender: BoundSession | None) -> domish.Element:
+        """The query form (XEP-0313 §5.1.1)."""
+        self._owner(request, sender)
+        reply = stanzas.result(request)
+        query = reply.addElement((NS, "query"))
+        query.addChild(forms.build("form", [
+            forms.hidden_form_type(NS),
+            forms.Field("with", "jid-single"),
+            forms.Field("start", "text-single"),
+            forms.Field("end", "text-single"),
+            forms.Field("before-id", "text-single"),
+            forms.Field("after-id", "text-single"),
+            forms.Field("ids", "text-multi"),
+        ]))
+        return reply
+
+    @iq("set", NS, to=("account",))
+    async def query(self, request: domish.Element, sender: BoundSession | None) -> domish.Element:
+        """A query: the matching messages as ``<result/>`` messages, then the IQ result with ``<fin/>``."""
+        owner = self._owner(request, sender)
+        assert sender is not None and self.store is not None
+        element = stanzas.first_child(request)
+        queryid = element.getAttribute("queryid")
+        if queryid is not None and len(queryid) > MAX_QUERYID:
+            raise StanzaError("bad-request", "queryid too long")
+        q, flip = self._parse(element)
+        # One query at a time per resource: a client pipelining queries gets them answered in turn.
+        return await self._queries.run(sender.jid, self._answer, request, sender, owner, q, flip, queryid)
+
+    async def _answer(self, request: domish.Element, sender: BoundSession, owner: str, q: ArchiveQuery,
+                      flip: bool, queryid: str | None) -> domish.Element:
+        assert self.store is not None
+        if self.writer is not None:
+            await self.writer.flush()
+        user, _, domain = owner.partition("@")
+        try:
+            page = await self.store.query(user, domain, q)
+        except UnknownArchiveId:
+            raise StanzaError("item-not-found", "no such id in the archive") from None
+        items = list(reversed(page.items)) if flip else page.items
+        stream = getattr(sender, "stream", None)
+        for n, item in enumerate(items):
+            if n and n % RESULTS_PER_TURN == 0:
+                # Let other clients' work run, and never build up more output than this client reads.
+                await deferLater(self.server.clock, 0, lambda: None)
+                if stream is not None:
+                    await stream.output_ready()
+            if not sender.is_open:
+                break
+            sender.deliver_serialized(result_xml(item, owner, sender.jid, queryid))
+        reply = stanzas.result(request)
+        fin = reply.addElement((NS, "fin"))
+        if page.complete:
+            fin["complete"] = "true"
+        rsm = fin.addElement((RSM, "set"))
+        if page.items:
+            rsm.addElement("first", content=page.items[0].id)
+            rsm.addElement("last", content=page.items[-1].id)
+        rsm.addElement("count", content=str(page.count))
+        return reply
+
+    def _parse(self, element: domish.Element) -> tuple[ArchiveQuery, bool]:
+        q = ArchiveQuery(max=DEFAULT_PAGE)
+        form = forms.find(element)
+        if form is not None:
+            values = forms.parse_submit(form)
+            form_type = forms.single(values, "FORM_TYPE", required=False)
+            if form_type not in (None, NS):
+                raise StanzaError("bad-request", f"FORM_TYPE must be {NS}")
+            unknown = set(values) - {"FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids"}
+            if unknown:
+                raise StanzaError("feature-not-implemented", f"unknown field {sorted(unknown)[0]}")
+            with_ = forms.single(values, "with", required=False)
+            if with_ is not None:
+                try:
+                    jid = parse_jid(with_)
+                except InvalidJID:
+                    raise StanzaError("jid-malformed", "with is not a JID") from None
+                q.with_jid, q.with_resource = jid.userhost(), jid.resource
+            start = forms.single(values, "start", required=False)
+            end = forms.single(values, "end", required=False)
+            q.start = parse_stamp(start) if start is not None else None
+            q.end = parse_stamp(end) if end is not None else None
+            q.before_id = forms.single(values, "before-id", required=False)
+            q.after_id = forms.single(values, "after-id", required=False)
+            if "ids" in values:
+                q.ids = [value.strip() for value in values["ids"] if value.strip()]
+        rsm = next(element.elements(RSM, "set"), None)
+        if rsm is not None:
+            for child in rsm.elements():
+                if child.uri != RSM:
+                    continue
+                text = str(child).strip()
+                if child.name == "max":
+                    if not text.isdigit() or len(text) > 9:
+                        raise StanzaError("bad-request", "RSM max must be a non-negative integer")
+                    q.max = int(text)
+                elif child.name == "after":
+                    if not text:
+                        raise StanzaError("bad-request", "RSM after needs an id")
+                    q.after = text
+                elif child.name == "before":
+                    q.before = text
+                elif child.name == "index":
+                    raise StanzaError("feature-not-implemented", "RSM index is not supported; page by id")
+            if q.after is not None and q.before is not None:
+                raise StanzaError("bad-request", "RSM after and before together")
+        q.max = min(q.max, MAX_PAGE)
+        flip = next(element.elements(NS, "flip-page"), None) is not None
+        return q, flip
+
