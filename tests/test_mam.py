@@ -16,8 +16,11 @@ from twisted.trial.unittest import TestCase
 
 from tests.clients.raw import RawClient
 from tests.support.attack import MAX_RSS_GROWTH, MAX_RTT, PINGER, PINGER_PASSWORD, MiB, Pinger, pinged_attack
+from tests.support.cluster import DOMAIN, make_cluster, migrate
+from tests.support.process import wait_for_port
 from tests.support.server import start_server
 from tests.support.slix import ROOT, ca_file
+from tests.support.waiting import wait_until
 from xmppcluster.storage.archive import ArchivedMessage, ArchiveStore
 
 NS = "urn:xmpp:mam:2"
@@ -403,3 +406,64 @@ class Attacks(TestCase):
         self.assertEqual(found["flood_results"], 200 * 250)
         self.assertLess(max(rtts), MAX_RTT, f"ping round trips under attack: {sorted(rtts)[-5:]}")
         self.assertLess(growth, MAX_RSS_GROWTH, f"peak RSS grew by {growth / MiB:.0f} MiB")
+
+
+class AcrossTheCluster(TestCase):
+    """Two real twistd nodes sharing one database: a message between nodes is archived once per account, with
+    the stanza-id it was delivered with, and each archive is queried from either node."""
+
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.cluster = make_cluster(self, 2)
+        await migrate(self.cluster)
+        await self.cluster.add_users(*(f"{u}@{DOMAIN}" for u in ("alice", "bob")), password=PASSWORD)
+        for name in self.cluster.nodes:
+            self.cluster.start(name, wait=False)
+        for name in self.cluster.nodes:
+            await deferToThread(self.wait_linked, name)
+
+    def wait_linked(self, name: str) -> None:
+        node = self.cluster.nodes[name]
+        wait_for_port(node.ports["c2s"], process=node.process)
+        other = next(n for n in self.cluster.nodes if n != name)
+        wait_until(lambda: f"link to {other} up" in self.cluster.log(name), timeout=30)
+
+    def raw(self, node: str, user: str, resource: str) -> RawClient:
+        client = RawClient(self.cluster.nodes[node].ports["c2s"], domain=DOMAIN, ca_file=self.cluster.ca_file)
+        self.addCleanup(client.close)
+        client.login(user, PASSWORD, resource)
+        client.send("<presence/>")
+        ping(client, DOMAIN)
+        return client
+
+    def test_a_message_between_nodes_is_archived_once_per_account(self):
+        def scenario():
+            alice = self.raw("t1.example.com", "alice", "a")
+            bob = self.raw("t2.example.com", "bob", "b")
+            self.cluster.wait_replicated(1, 1)
+            alice.send(f"<message to='bob@{DOMAIN}' type='chat'><body>across</body>"
+                       f"<stanza-id xmlns='{SID}' by='bob@{DOMAIN}' id='forged'/></message>")
+            got = bob.until(f"{C}message")
+            bob.send(f"<message to='alice@{DOMAIN}/a' type='chat'><body>back</body></message>")
+            alice.until(f"{C}message")
+            ping(bob, DOMAIN)
+            # each archive asked on the node the account is on, and on the other one
+            bob_there = self.raw("t1.example.com", "bob", "elsewhere")
+            alice_there = self.raw("t2.example.com", "alice", "elsewhere")
+            return got, query(bob), query(bob_there), query(alice), query(alice_there)
+
+        return deferToThread(scenario).addCallback(self._check)
+
+    def _check(self, answers) -> None:
+        got, bob_t2, bob_t1, alice_t1, alice_t2 = answers
+        [sid] = got.findall(f"{{{SID}}}stanza-id")
+        self.assertEqual(sid.get("by"), f"bob@{DOMAIN}")
+        self.assertNotEqual(sid.get("id"), "forged")
+        for answer in (bob_t2, bob_t1):
+            self.assertEqual(answer.bodies, ["across", "back"])
+            self.assertEqual(answer.ids[0], sid.get("id"))
+        self.assertEqual(bob_t1.ids, bob_t2.ids)
+        for answer in (alice_t1, alice_t2):
+            self.assertEqual(answer.bodies, ["across", "back"])
+        self.assertEqual(alice_t1.ids, alice_t2.ids)
