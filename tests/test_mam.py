@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.clients.raw import RawClient
 from tests.support.attack import MAX_RSS_GROWTH, MAX_RTT, PINGER, PINGER_PASSWORD, MiB, Pinger, pinged_attack
@@ -21,6 +21,9 @@ from tests.support.process import wait_for_port
 from tests.support.server import start_server
 from tests.support.slix import ROOT, ca_file
 from tests.support.waiting import wait_until
+from tests.test_message_rules import Client, make_server
+from xmppcluster.core.serializer import serialize
+from xmppcluster.core.xml import reparse
 from xmppcluster.storage.archive import ArchivedMessage, ArchiveStore
 
 NS = "urn:xmpp:mam:2"
@@ -100,6 +103,90 @@ def query(client: RawClient, payload: str = "", *, queryid: str = "q", to: str |
             results.append(stanza)
         elif stanza.tag == f"{C}iq" and stanza.get("id") == "mam":
             return Query(results, stanza)
+
+
+class Rows:
+    """Stands for the batched writer: keeps the rows the module archives."""
+
+    def __init__(self) -> None:
+        self.rows: list[ArchivedMessage] = []
+
+    def add(self, row: ArchivedMessage) -> None:
+        self.rows.append(row)
+
+
+class Rules(SynchronousTestCase):
+    """The stream core, router and module as in production; clients on fake transports, rows kept in memory."""
+
+    def setUp(self) -> None:
+        self.server = make_server(modules=("mam", "urn:xmpp:carbons:2"))
+        self.rows = self.server.modules["mam"].writer = Rows()
+        self.alice = Client(self.server, "alice", "a")
+        self.bob = Client(self.server, "bob", "b")
+        for client in (self.alice, self.bob):
+            client.presence(0)
+            client.take()
+
+    def ids(self, stanza) -> list[tuple[str, str]]:
+        return [(c["by"], c["id"]) for c in stanza.elements(SID, "stanza-id")]
+
+    def test_a_rerouted_message_is_not_archived_again(self) -> None:
+        self.alice.send("<message to='bob@localhost/b' type='chat'><body>once</body></message>")
+        [got] = self.bob.take("message")
+        self.assertEqual([(r.user, r.direction) for r in self.rows.rows], [("alice", "out"), ("bob", "in")])
+        [(by, id)] = self.ids(got)
+        self.assertEqual((by, id), ("bob@localhost", self.rows.rows[1].id))
+        # its session vanished before it was written: the RFC 6121 fallback routes it (as text) again
+        self.server.router.undeliverable(reparse(serialize(got).encode()), "bob@localhost")
+        [again] = self.bob.take("message")
+        self.assertEqual(self.ids(again), [(by, id)])
+        self.assertEqual(len(self.rows.rows), 2)
+
+    def test_forged_ids_are_removed_even_well_formed_ones(self) -> None:
+        mam = self.server.modules["mam"]
+        for forged in ("forged", mam.new_id("alice@localhost"), "A" * 24):
+            self.alice.send(f"<message to='bob@localhost' type='chat'><body>x</body>"
+                            f"<stanza-id xmlns='{SID}' by='bob@localhost' id='{forged}'/></message>")
+            [got] = self.bob.take("message")
+            [(by, id)] = self.ids(got)
+            self.assertNotEqual(id, forged)
+            self.assertTrue(mam.ours(id, "bob@localhost"))
+            self.assertFalse(mam.ours(id, "alice@localhost"))
+        self.assertEqual(len(self.rows.rows), 6)
+
+    def test_what_is_archived(self) -> None:
+        sends = {
+            "chat": "<message to='bob@localhost' type='chat'><body>yes</body></message>",
+            "normal": "<message to='bob@localhost'><body>yes</body></message>",
+            "store hint": "<message to='bob@localhost' type='chat'><store xmlns='urn:xmpp:hints'/>"
+                          "<active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "no body": "<message to='bob@localhost' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/>"
+                       "</message>",
+            "no-permanent-store": "<message to='bob@localhost' type='chat'><body>no</body>"
+                                  "<no-permanent-store xmlns='urn:xmpp:hints'/></message>",
+            "headline": "<message to='bob@localhost' type='headline'><body>no</body></message>",
+            "to self": "<message to='alice@localhost' type='chat'><body>once</body></message>",
+        }
+        counts = {}
+        for name, xml in sends.items():
+            before = len(self.rows.rows)
+            self.alice.send(xml)
+            counts[name] = len(self.rows.rows) - before
+        self.assertEqual(counts, {"chat": 2, "normal": 2, "store hint": 2, "no body": 0, "no-permanent-store": 0,
+                                  "headline": 0, "to self": 1})
+
+    def test_the_received_carbon_carries_the_stanza_id(self) -> None:
+        phone = Client(self.server, "bob", "phone")
+        phone.send("<iq type='set' id='on'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        phone.presence(-1)
+        phone.take()
+        self.alice.send("<message to='bob@localhost/b' type='chat'><body>copied</body></message>")
+        [got] = self.bob.take("message")
+        [carbon] = phone.take("message")
+        inner = reparse(serialize(carbon).encode())
+        [fwd] = [c for c in inner.elements() if c.name == "received"]
+        [message] = list(next(fwd.elements()).elements("jabber:client", "message"))
+        self.assertEqual(self.ids(message), self.ids(got))
 
 
 class Archive(TestCase):
