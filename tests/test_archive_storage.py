@@ -6,7 +6,16 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from tests.support.databases import PostgresBackend, SQLiteBackend, make_storage
-from xmppcluster.storage.archive import IN, OUT, ArchivedMessage, ArchiveQuery, ArchiveStore, UnknownArchiveId
+from xmppcluster.storage.archive import (
+    IN,
+    OUT,
+    ArchivedMessage,
+    ArchivePrefs,
+    ArchivePrefsStore,
+    ArchiveQuery,
+    ArchiveStore,
+    UnknownArchiveId,
+)
 
 
 def row(n: int, *, user: str = "alice", with_jid: str = "bob@localhost", resource: str = "") -> ArchivedMessage:
@@ -91,6 +100,31 @@ class ArchiveStorageMixin:
         await self.storage.accounts.delete("alice", "localhost")
         self.assertEqual(await archive.count("alice", "localhost"), 0)
         self.assertEqual(await archive.purge("bob", "localhost"), 3)
+
+
+    async def test_roster_condition_decided_at_write(self) -> None:
+        archive = await self.store()
+        await self.storage.db.execute(
+            "INSERT INTO roster_items (domain, username, contact, subscription) VALUES (?, ?, ?, ?)",
+            ("localhost", "alice", "bob@localhost", "both"))
+        rows = [row(1), row(2, with_jid="stranger@example.com")]
+        stored = await archive.add([ArchivedMessage(**{**r.__dict__, "if_in_roster": True}) for r in rows])
+        self.assertEqual(stored, 1)
+        page = await archive.query("alice", "localhost", ArchiveQuery())
+        self.assertEqual([item.with_jid for item in page.items], ["bob@localhost"])
+
+    async def test_preferences(self) -> None:
+        await self.store()
+        prefs = ArchivePrefsStore(self.storage.db)
+        self.assertIsNone(await prefs.get("alice", "localhost"))
+        await prefs.set("alice", "localhost", ArchivePrefs("roster", frozenset({"a@x"}), frozenset()), 10.0)
+        await prefs.set("alice", "localhost", ArchivePrefs("never", frozenset({"b@x"}), frozenset({"c@x/r"})), 20.0)
+        await prefs.set("bob", "localhost", ArchivePrefs(), 15.0)
+        self.assertEqual(await prefs.get("alice", "localhost"),
+                         ArchivePrefs("never", frozenset({"b@x"}), frozenset({"c@x/r"})))
+        self.assertEqual([(jid, at) for jid, _, at in await prefs.changed_since(16.0)], [("alice@localhost", 20.0)])
+        await self.storage.accounts.delete("alice", "localhost")
+        self.assertIsNone(await prefs.get("alice", "localhost"))
 
 
 class SQLiteArchiveStorageTests(ArchiveStorageMixin, SQLiteBackend, TestCase):

@@ -249,6 +249,70 @@ class Archive(TestCase):
         self.assertEqual(alices.bodies, ["hello", "to the bare JID"])
         self.assertFalse(set(alices.ids) & set(bobs.ids))
 
+    async def test_preferences(self) -> None:
+        await self.start("alice", "bob", "carol", "dave")
+
+        def prefs(client: RawClient, payload: str | None = None) -> ET.Element:
+            if payload is None:
+                client.send(f"<iq type='get' id='prefs'><prefs xmlns='{NS}'/></iq>")
+            else:
+                client.send(f"<iq type='set' id='prefs'>{payload}</iq>")
+            return client.until(f"{C}iq")
+
+        def shape(reply: ET.Element) -> tuple:
+            element = reply.find(f"{{{NS}}}prefs")
+            return (element.get("default"), [j.text for j in element.findall(f"{{{NS}}}always/{{{NS}}}jid")],
+                    [j.text for j in element.findall(f"{{{NS}}}never/{{{NS}}}jid")])
+
+        def scenario():
+            alice = self.raw("alice")
+            senders = {name: self.raw(name) for name in ("bob", "carol", "dave")}
+            found = {"initial": shape(prefs(alice))}
+            found["set"] = shape(prefs(alice, f"<prefs xmlns='{NS}' default='roster'><always/>"
+                                              f"<never><jid>carol@localhost</jid><jid>Dave@LOCALHOST</jid></never>"
+                                              "</prefs>"))
+            found["get"] = shape(prefs(alice))
+            for contact in ("bob", "carol"):
+                alice.send(f"<iq type='set' id='roster'><query xmlns='jabber:iq:roster'>"
+                           f"<item jid='{contact}@localhost'/></query></iq>")
+                while (reply := alice.until(f"{C}iq")).get("id") != "roster":
+                    pass
+                assert reply.get("type") == "result", ET.tostring(reply)
+            stamped = {}
+
+            def send_all(tag: str) -> None:
+                for name, client in senders.items():
+                    client.send(f"<message to='alice@localhost' type='chat'><body>{tag} from {name}</body></message>")
+                    got = alice.until(f"{C}message")
+                    stamped[f"{tag} {name}"] = got.find(f"{{{SID}}}stanza-id") is not None
+
+            send_all("roster")
+            found["roster"] = query(alice).bodies
+            found["set2"] = shape(prefs(alice, f"<prefs xmlns='{NS}' default='never'><always>"
+                                               "<jid>dave@localhost</jid><jid>carol@localhost</jid></always>"
+                                               "<never><jid>carol@localhost</jid></never></prefs>"))
+            send_all("never")
+            found["never"] = query(alice).bodies
+            found["bad_default"] = prefs(alice, f"<prefs xmlns='{NS}' default='sometimes'/>")
+            found["bad_jid"] = prefs(alice, f"<prefs xmlns='{NS}' default='always'><always><jid>@@</jid></always>"
+                                            "</prefs>")
+            found["stamped"] = stamped
+            return found
+
+        found = await deferToThread(scenario)
+        self.assertEqual(found["initial"], ("always", [], []))
+        self.assertEqual(found["set"], ("roster", [], ["carol@localhost", "dave@localhost"]))
+        self.assertEqual(found["get"], found["set"])
+        # roster: bob is in the roster; carol too, but in never; dave in never
+        self.assertEqual(found["roster"], ["roster from bob"])
+        # never: dave in always; carol in both lists (never wins)
+        self.assertEqual(found["set2"], ("never", ["dave@localhost"], ["carol@localhost"]))
+        self.assertEqual(found["never"], ["roster from bob", "never from dave"])
+        self.assertEqual(found["stamped"], {"roster bob": True, "roster carol": False, "roster dave": False,
+                                            "never bob": False, "never carol": False, "never dave": True})
+        for name, condition in (("bad_default", "bad-request"), ("bad_jid", "jid-malformed")):
+            self.assertEqual(Query([], found[name]).error, condition, name)
+
     async def test_offline_message_is_archived_once_with_the_id_it_is_delivered_with(self) -> None:
         running = await self.start()
 

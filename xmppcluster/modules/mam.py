@@ -39,19 +39,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
 from xmppcluster.core.events import MESSAGE_BARE, MESSAGE_FULL, MESSAGE_OUTGOING
-from xmppcluster.core.jid import InvalidJID, parse_jid
+from xmppcluster.core.jid import JID, InvalidJID, parse_jid
 from xmppcluster.core.keyed import KeyedQueue
 from xmppcluster.core.namespaces import CLIENT
 from xmppcluster.core.serializer import serialize, tag
 from xmppcluster.core.sessions import BoundSession
 from xmppcluster.modules import forms
 from xmppcluster.modules.base import Module, StanzaError, hook, iq
-from xmppcluster.storage.archive import IN, OUT, ArchivedMessage, ArchiveQuery, ArchiveStore, UnknownArchiveId
+from xmppcluster.storage.archive import (
+    IN,
+    OUT,
+    ArchivedMessage,
+    ArchivePrefs,
+    ArchivePrefsStore,
+    ArchiveQuery,
+    ArchiveStore,
+    UnknownArchiveId,
+)
 
 NS = "urn:xmpp:mam:2"
 EXTENDED = "urn:xmpp:mam:2#extended"
@@ -72,6 +81,10 @@ MAX_BATCH = 1000
 MAX_QUERYID = 256
 #: Result messages written before letting the reactor run other work (and waiting for the client to read).
 RESULTS_PER_TURN = 25
+#: JIDs in each preference list at most.
+MAX_PREFS_JIDS = 1000
+#: Seconds between two looks at the preferences other nodes wrote.
+PREFS_REFRESH = 2.0
 
 
 def archivable(stanza: domish.Element) -> bool:
@@ -169,6 +182,17 @@ class ArchiveWriter:
         return ensureDeferred(wait())
 
 
+def prefs_reply(request: domish.Element, prefs: ArchivePrefs) -> domish.Element:
+    reply = stanzas.result(request)
+    element = reply.addElement((NS, "prefs"))
+    element["default"] = prefs.default
+    for name, jids in (("always", prefs.always), ("never", prefs.never)):
+        wrapper = element.addElement(name)
+        for jid in sorted(jids):
+            wrapper.addElement("jid", content=jid)
+    return reply
+
+
 def result_xml(item: ArchivedMessage, owner: str, to: str, queryid: str | None) -> bytes:
     """``<message><result><forwarded><delay/>stanza</forwarded></result></message>`` as UTF-8, written around
     the archived text as it is (it is our serializer's output, with its xmlns)."""
@@ -187,6 +211,11 @@ class MessageArchive(Module):
     def __init__(self, server: Any) -> None:
         super().__init__(server)
         self.store: ArchiveStore | None = None
+        self.prefs_store: ArchivePrefsStore | None = None
+        #: XEP-0441 preferences of the accounts that set some (all of them, every node; reloaded every few s)
+        self.prefs: dict[str, ArchivePrefs] = {}
+        self._prefs_since = 0.0
+        self._prefs_loop: LoopingCall | None = None
         self.writer: ArchiveWriter | None = None
         #: HMAC key of stanza-ids; a node-local one until the shared one is read at start
         self.key = os.urandom(32)
@@ -200,6 +229,11 @@ class MessageArchive(Module):
             return
         self.store = ArchiveStore(db)
         self.writer = ArchiveWriter(self.store, self.server.clock, self.log)
+        self.prefs_store = ArchivePrefsStore(db)
+        self._prefs_loop = LoopingCall(self._reload_prefs)
+        self._prefs_loop.clock = self.server.clock
+        self._prefs_loop.start(PREFS_REFRESH, now=True).addErrback(
+            lambda failure: self.log.failure("reloading archive preferences stopped", failure))
         from xmppcluster.storage.secrets import shared_secret
 
         def got(key: bytes) -> None:
@@ -209,7 +243,22 @@ class MessageArchive(Module):
         d.addCallbacks(got, lambda failure: self.log.failure("reading the stanza-id secret failed", failure))
 
     def stop(self) -> Deferred:
+        if self._prefs_loop is not None and self._prefs_loop.running:
+            self._prefs_loop.stop()
         return self.writer.flush() if self.writer is not None else succeed(None)
+
+    async def _reload_prefs(self) -> None:
+        """Take in the preferences written (here or on another node) since the last look; a margin covers
+        clocks of nodes a little apart."""
+        assert self.prefs_store is not None
+        try:
+            rows = await self.prefs_store.changed_since(self._prefs_since - 5.0)
+        except Exception:
+            self.log.failure("reading archive preferences failed")
+            return
+        for bare, prefs, updated in rows:
+            self.prefs[bare] = prefs
+            self._prefs_since = max(self._prefs_since, updated)
 
     # -- stanza-ids ------------------------------------------------------------------------------------
 
@@ -235,15 +284,25 @@ class MessageArchive(Module):
 
     # -- archiving -------------------------------------------------------------------------------------
 
-    def _archive(self, stanza: domish.Element, owner: str, direction: str, other: str, id: str) -> None:
-        try:
-            jid = parse_jid(other)
-        except InvalidJID:
-            return
+    def decide(self, owner: str, other: JID) -> bool | None:
+        """XEP-0441: archive a message of ``owner`` with ``other``? None: only if ``other`` is in the owner's
+        roster (default ``roster``), which the archive's write checks."""
+        prefs = self.prefs.get(owner)
+        if prefs is None:
+            return True
+        full, bare = other.full(), other.userhost()
+        if full in prefs.never or bare in prefs.never:
+            return False
+        if full in prefs.always or bare in prefs.always:
+            return True
+        return {"always": True, "never": False}.get(prefs.default)
+
+    def _archive(self, stanza: domish.Element, owner: str, direction: str, jid: JID, id: str,
+                 decision: bool | None) -> None:
         user, _, domain = owner.partition("@")
         assert self.writer is not None
         self.writer.add(ArchivedMessage(user, domain, id, self._now_us(), jid.userhost(), jid.resource or "",
-                                        direction, serialize(stanza).encode("utf-8")))
+                                        direction, serialize(stanza).encode("utf-8"), if_in_roster=decision is None))
 
     @hook(MESSAGE_OUTGOING, PRIORITY)
     def outgoing(self, stanza: domish.Element, session: BoundSession) -> bool:
@@ -253,9 +312,15 @@ class MessageArchive(Module):
         if to is None or not archivable(stanza):
             return False
         bare = session.bare
-        if to.partition("/")[0] == bare:
+        try:
+            jid = parse_jid(to)
+        except InvalidJID:
+            return False
+        if jid.userhost() == bare:
             return False  # to the account itself: archived once, as incoming
-        self._archive(stanza, bare, OUT, to, self.new_id(bare))
+        decision = self.decide(bare, jid)
+        if decision is not False:
+            self._archive(stanza, bare, OUT, jid, self.new_id(bare), decision)
         return False
 
     @hook(MESSAGE_BARE, PRIORITY)
@@ -283,11 +348,18 @@ class MessageArchive(Module):
             stanza.children.remove(child)
         if archived or self.writer is None or not self.serves(bare.partition("@")[2]) or not archivable(stanza):
             return
+        try:
+            jid = parse_jid(stanza.getAttribute("from") or bare.partition("@")[2])
+        except InvalidJID:
+            return
+        decision = self.decide(bare, jid)
+        if decision is False:
+            return
         id = self.new_id(bare)
         mark = stanza.addElement((SID, "stanza-id"))
         mark["by"] = bare
         mark["id"] = id
-        self._archive(stanza, bare, IN, stanza.getAttribute("from") or bare.partition("@")[2], id)
+        self._archive(stanza, bare, IN, jid, id, decision)
 
     # -- queries ---------------------------------------------------------------------------------------
 
@@ -299,9 +371,16 @@ class MessageArchive(Module):
         return sender.bare
 
     @iq("get", NS, to=("account",))
-    def form(self, request: domish.Element, sender: BoundSession | None) -> domish.Element:
-        """The query form (XEP-0313 §5.1.1)."""
-        self._owner(request, sender)
+    async def get(self, request: domish.Element, sender: BoundSession | None) -> domish.Element:
+        """The query form (XEP-0313 §5.1.1), or the preferences (XEP-0441)."""
+        owner = self._owner(request, sender)
+        child = stanzas.first_child(request)
+        if child.name == "prefs":
+            assert self.prefs_store is not None
+            user, _, domain = owner.partition("@")
+            return prefs_reply(request, await self.prefs_store.get(user, domain) or ArchivePrefs())
+        if child.name != "query":
+            raise StanzaError("bad-request", "expected <query/> or <prefs/>")
         reply = stanzas.result(request)
         query = reply.addElement((NS, "query"))
         query.addChild(forms.build("form", [
@@ -316,11 +395,16 @@ class MessageArchive(Module):
         return reply
 
     @iq("set", NS, to=("account",))
-    async def query(self, request: domish.Element, sender: BoundSession | None) -> domish.Element:
-        """A query: the matching messages as ``<result/>`` messages, then the IQ result with ``<fin/>``."""
+    async def set(self, request: domish.Element, sender: BoundSession | None) -> domish.Element:
+        """A query: the matching messages as ``<result/>`` messages, then the IQ result with ``<fin/>``; or new
+        preferences (XEP-0441), answered with the preferences as stored."""
         owner = self._owner(request, sender)
         assert sender is not None and self.store is not None
         element = stanzas.first_child(request)
+        if element.name == "prefs":
+            return await self._set_prefs(request, element, owner)
+        if element.name != "query":
+            raise StanzaError("bad-request", "expected <query/> or <prefs/>")
         queryid = element.getAttribute("queryid")
         if queryid is not None and len(queryid) > MAX_QUERYID:
             raise StanzaError("bad-request", "queryid too long")
@@ -359,6 +443,30 @@ class MessageArchive(Module):
             rsm.addElement("last", content=page.items[-1].id)
         rsm.addElement("count", content=str(page.count))
         return reply
+
+    async def _set_prefs(self, request: domish.Element, element: domish.Element, owner: str) -> domish.Element:
+        default = element.getAttribute("default")
+        if default not in ("always", "never", "roster"):
+            raise StanzaError("bad-request", "default must be always, never or roster")
+        lists: dict[str, set[str]] = {"always": set(), "never": set()}
+        for child in element.elements(NS):
+            if child.name not in lists:
+                continue
+            for item in child.elements(NS, "jid"):
+                try:
+                    jid = parse_jid(str(item).strip())
+                except InvalidJID:
+                    raise StanzaError("jid-malformed", "not a JID in the preferences") from None
+                lists[child.name].add(jid.full())
+                if len(lists[child.name]) > MAX_PREFS_JIDS:
+                    raise StanzaError("not-acceptable", f"at most {MAX_PREFS_JIDS} JIDs in each list")
+        # A JID in both lists: never wins (the safer choice for the user's privacy).
+        prefs = ArchivePrefs(default, frozenset(lists["always"] - lists["never"]), frozenset(lists["never"]))
+        user, _, domain = owner.partition("@")
+        assert self.prefs_store is not None
+        await self.prefs_store.set(user, domain, prefs, float(self.server.clock.seconds()))
+        self.prefs[owner] = prefs
+        return prefs_reply(request, prefs)
 
     def _parse(self, element: domish.Element) -> tuple[ArchiveQuery, bool]:
         q = ArchiveQuery(max=DEFAULT_PAGE)

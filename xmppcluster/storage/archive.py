@@ -8,6 +8,7 @@ filter by the other party, a time range, ids before/after and a list of ids, the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ class ArchivedMessage:
     with_resource: str
     direction: str  # IN or OUT
     stanza: bytes
+    #: archive only if the other party is in the owner's roster (XEP-0441 default 'roster', decided at write)
+    if_in_roster: bool = False
 
 
 @dataclass
@@ -64,6 +67,8 @@ _INSERT = (
     "INSERT INTO archive (domain, username, id, ts, with_jid, with_resource, direction, stanza)"
     " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE domain = ? AND username = ?)")
 
+_ROSTER = " AND EXISTS (SELECT 1 FROM roster_items WHERE domain = ? AND username = ? AND contact = ?)"
+
 _COLUMNS = "id, ts, with_jid, with_resource, direction, stanza"
 
 
@@ -77,13 +82,14 @@ class ArchiveStore:
         """Insert ``rows`` in one transaction; returns how many were stored (rows of unknown accounts are not)."""
         if not rows:
             return 0
-        params = [(r.domain, r.user, r.id, r.ts, r.with_jid, r.with_resource, r.direction, self.db.blob(r.stanza),
-                   r.domain, r.user) for r in rows]
+        params = [((r.domain, r.user, r.id, r.ts, r.with_jid, r.with_resource, r.direction, self.db.blob(r.stanza),
+                    r.domain, r.user) + ((r.domain, r.user, r.with_jid) if r.if_in_roster else ()), r.if_in_roster)
+                  for r in rows]
 
         def txn(cursor: Cursor) -> int:
             stored = 0
-            for one in params:  # executemany's rowcount is not portable; one prepared statement either way
-                cursor.execute(_INSERT, one)
+            for one, roster in params:  # executemany's rowcount is not portable; one prepared statement either way
+                cursor.execute(_INSERT + _ROSTER if roster else _INSERT, one)
                 stored += max(cursor.rowcount, 0)
             return stored
 
@@ -104,6 +110,47 @@ class ArchiveStore:
                                          idempotent=True)
         return await self.db.execute("DELETE FROM archive WHERE domain = ? AND username = ? AND ts < ?",
                                      (domain, user, before), idempotent=True)
+
+
+@dataclass(frozen=True)
+class ArchivePrefs:
+    """XEP-0441 preferences of one account."""
+
+    default: str = "always"  # always | never | roster
+    always: frozenset[str] = frozenset()
+    never: frozenset[str] = frozenset()
+
+
+class ArchivePrefsStore:
+    """The archive_prefs table: set per account, read back per account or as everything changed since a time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def set(self, user: str, domain: str, prefs: ArchivePrefs, now: float) -> None:
+        always, never = json.dumps(sorted(prefs.always)), json.dumps(sorted(prefs.never))
+        await self.db.execute(
+            "INSERT INTO archive_prefs (domain, username, default_mode, always_jids, never_jids, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, username) DO UPDATE SET"
+            " default_mode = excluded.default_mode, always_jids = excluded.always_jids,"
+            " never_jids = excluded.never_jids, updated = excluded.updated",
+            (domain, user, prefs.default, always, never, now), idempotent=True)
+
+    async def get(self, user: str, domain: str) -> ArchivePrefs | None:
+        rows = await self.db.query("SELECT default_mode, always_jids, never_jids FROM archive_prefs"
+                                   " WHERE domain = ? AND username = ?", (domain, user))
+        return _prefs(*rows[0]) if rows else None
+
+    async def changed_since(self, since: float) -> list[tuple[str, ArchivePrefs, float]]:
+        """(bare JID, preferences, updated) of every row written at or after ``since``."""
+        rows = await self.db.query("SELECT domain, username, default_mode, always_jids, never_jids, updated"
+                                   " FROM archive_prefs WHERE updated >= ?", (since,))
+        return [(f"{user}@{domain}", _prefs(mode, always, never), float(updated))
+                for domain, user, mode, always, never, updated in rows]
+
+
+def _prefs(mode: str, always: str, never: str) -> ArchivePrefs:
+    return ArchivePrefs(mode, frozenset(json.loads(always)), frozenset(json.loads(never)))
 
 
 def _position(cursor: Cursor, user: str, domain: str, id: str) -> tuple[int, str]:
