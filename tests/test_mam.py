@@ -34,6 +34,8 @@ DATA = "jabber:x:data"
 C = "{jabber:client}"
 STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
 PASSWORD = "archive pässword"
+#: The module is off by default (its cost on throughput, docs/im.rst).
+MAM_ON = "--sm-plugins=+mam\n"
 
 
 def ping(client: RawClient, to: str = "localhost") -> None:
@@ -189,13 +191,40 @@ class Rules(SynchronousTestCase):
         self.assertEqual(self.ids(message), self.ids(got))
 
 
+class Switch(TestCase):
+    """Off by default: no archive, no stanza-id, no feature; on with --sm-plugins=+mam."""
+
+    timeout = 60
+
+    async def test_off_by_default(self) -> None:
+        running = await start_server(self)
+        for user in ("alice", "bob"):
+            await running.add_user(f"{user}@localhost", PASSWORD)
+        self.assertNotIn("mam", running.server.modules)
+
+        def scenario():
+            alice = RawClient(running.ports["c2s"]["plain"], ca_file=ca_file(running), timeout=30)
+            bob = RawClient(running.ports["c2s"]["plain"], ca_file=ca_file(running), timeout=30)
+            self.addCleanup(alice.close)
+            self.addCleanup(bob.close)
+            alice.login("alice", PASSWORD, "r")
+            bob.login("bob", PASSWORD, "r")
+            alice.send("<message to='bob@localhost/r' type='chat'><body>not archived</body></message>")
+            got = bob.until(f"{C}message")
+            return got, query(bob)
+
+        got, answer = await deferToThread(scenario)
+        self.assertIsNone(got.find(f"{{{SID}}}stanza-id"))
+        self.assertEqual(answer.error, "service-unavailable")
+
+
 class Archive(TestCase):
     """One real node (SQLite), raw clients (our own, independent of the server)."""
 
     timeout = 120
 
     async def start(self, *users: str):
-        running = await start_server(self)
+        running = await start_server(self, MAM_ON)
         for user in users or ("alice", "bob", "mallory"):
             await running.add_user(f"{user}@localhost", PASSWORD)
         self.running = running
@@ -491,7 +520,7 @@ class Attacks(TestCase):
     timeout = 120
 
     async def test_huge_max_foreign_archive_garbage_and_a_query_flood(self) -> None:
-        running = await start_server(self)
+        running = await start_server(self, MAM_ON)
         for user in ("alice", "mallory"):
             await running.add_user(f"{user}@localhost", PASSWORD)
         await running.add_user(PINGER, PINGER_PASSWORD)
@@ -566,7 +595,7 @@ class AcrossTheCluster(TestCase):
     timeout = 120
 
     async def setUp(self) -> None:
-        self.cluster = make_cluster(self, 2)
+        self.cluster = make_cluster(self, 2, MAM_ON)
         await migrate(self.cluster)
         await self.cluster.add_users(*(f"{u}@{DOMAIN}" for u in ("alice", "bob")), password=PASSWORD)
         for name in self.cluster.nodes:

@@ -63,11 +63,23 @@ class ArchivePage:
     complete: bool = True
 
 
-_INSERT = (
-    "INSERT INTO archive (domain, username, id, ts, with_jid, with_resource, direction, stanza)"
-    " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE domain = ? AND username = ?)")
+#: Rows per INSERT statement: one statement (one step of the database, one release of the GIL by the driver)
+#: for many rows; 9 parameters a row stays far below SQLite's 32,766 and PostgreSQL's 65,535.
+ROWS_PER_STATEMENT = 500
 
-_ROSTER = " AND EXISTS (SELECT 1 FROM roster_items WHERE domain = ? AND username = ? AND contact = ?)"
+
+def _insert(n: int) -> str:
+    """One INSERT of ``n`` rows of (domain, username, id, ts, with_jid, with_resource, direction, stanza,
+    roster flag), each kept only if its account exists and, when flagged, its other party is in the roster."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    return (
+        "INSERT INTO archive (domain, username, id, ts, with_jid, with_resource, direction, stanza)"
+        " SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8"
+        f" FROM (VALUES {values}) AS v"
+        " WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.domain = v.column1 AND a.username = v.column2)"
+        " AND (v.column9 = 0 OR EXISTS (SELECT 1 FROM roster_items r WHERE r.domain = v.column1"
+        " AND r.username = v.column2 AND r.contact = v.column5))")
+
 
 _COLUMNS = "id, ts, with_jid, with_resource, direction, stanza"
 
@@ -82,14 +94,14 @@ class ArchiveStore:
         """Insert ``rows`` in one transaction; returns how many were stored (rows of unknown accounts are not)."""
         if not rows:
             return 0
-        params = [((r.domain, r.user, r.id, r.ts, r.with_jid, r.with_resource, r.direction, self.db.blob(r.stanza),
-                    r.domain, r.user) + ((r.domain, r.user, r.with_jid) if r.if_in_roster else ()), r.if_in_roster)
-                  for r in rows]
+        params = [(r.domain, r.user, r.id, r.ts, r.with_jid, r.with_resource, r.direction, self.db.blob(r.stanza),
+                   1 if r.if_in_roster else 0) for r in rows]
 
         def txn(cursor: Cursor) -> int:
             stored = 0
-            for one, roster in params:  # executemany's rowcount is not portable; one prepared statement either way
-                cursor.execute(_INSERT + _ROSTER if roster else _INSERT, one)
+            for start in range(0, len(params), ROWS_PER_STATEMENT):
+                chunk = params[start:start + ROWS_PER_STATEMENT]
+                cursor.execute(_insert(len(chunk)), [value for row in chunk for value in row])
                 stored += max(cursor.rowcount, 0)
             return stored
 
