@@ -57,6 +57,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -576,10 +577,17 @@ async def start_ejabberd(test: TestCase, domain: str, *, ca: TestCA, routes: dic
     test.addCleanup(peer.stop)
     await _wait_listening(peer, c2s)
     await _wait_listening(peer, s2s)
-    code, out = await peer.ctl("status")
-    if code != 0:
-        raise RuntimeError(f"ejabberd listens but `ejabberdctl status` fails ({code}): {out}\n{peer.logs()[-6000:]}")
-    return peer
+    # The listeners open before the application reports itself running ("is starting with status: started"):
+    # ask until it says it runs (a status query is the barrier), within the start timeout.
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        code, out = await peer.ctl("status")
+        if code == 0:
+            return peer
+        if time.monotonic() > deadline or not peer.running():
+            raise RuntimeError(f"ejabberd listens but `ejabberdctl status` fails ({code}): {out}\n"
+                               f"{peer.logs()[-6000:]}")
+        await deferLater(reactor, 0.2, lambda: None)
 
 
 # -- clients ----------------------------------------------------------------------------------------------
