@@ -31,7 +31,7 @@ async def measure(base: str, users: list[str], p: dict, archive: bool) -> tuple[
     directory, db_uri = servers.xmppcluster_directory(os.path.join(base, "on" if archive else "off"))
     servers.provision_xmppcluster(db_uri, users, {})
     ports = {"c2s": servers.free_port(), "bosh": servers.free_port(), "ws": servers.free_port()}
-    extra = [] if archive else ["--sm-plugins=-mam"]
+    extra = ["--sm-plugins=+mam" if archive else "--sm-plugins=-mam"]
     config = servers.xmppcluster_config(directory, ports, db_uri, f"t1.{servers.DOMAIN}", extra=extra)
     server = servers.start_xmppcluster(directory, config, f"t1.{servers.DOMAIN}", ports, run.SERVER_CPU)
     try:

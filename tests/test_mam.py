@@ -146,7 +146,7 @@ class Rules(SynchronousTestCase):
 
     def test_forged_ids_are_removed_even_well_formed_ones(self) -> None:
         mam = self.server.modules["mam"]
-        for forged in ("forged", mam.new_id("alice@localhost"), "A" * 24):
+        for forged in ("forged", mam.new_id("alice@localhost", 1), "A" * 28):
             self.alice.send(f"<message to='bob@localhost' type='chat'><body>x</body>"
                             f"<stanza-id xmlns='{SID}' by='bob@localhost' id='{forged}'/></message>")
             [got] = self.bob.take("message")

@@ -14,8 +14,10 @@ or ``<no-permanent-store/>``) is archived once for each local account it concern
 Why there: the routing node is the one place that sees each message exactly once per account; the node that
 finally writes it to a client may not see it at all as an element (routed frames are written as text).
 
-A stanza-id is 12 random bytes and a 6-byte HMAC of them and the account under a secret every node shares
-(``server_secrets``), base64url. A message that comes through routing again (its session vanished, its node
+A stanza-id is the archive time (8 bytes), 7 random bytes and a 6-byte HMAC of them and the account under a
+secret every node shares (``server_secrets``), base64url: an account's ids grow with time, so the archive's
+primary key is appended to (random ids made each insert cost more as the table grew: 8 us a row at first,
+40 us at 160,000 rows). A message that comes through routing again (its session vanished, its node
 died: the RFC 6121 fallback) still carries our stanza-id, whose MAC proves it was archived already; any other
 stanza-id ``by`` the account (a client or remote server forging one) is removed before delivery.
 
@@ -35,6 +37,7 @@ import base64
 import hashlib
 import hmac
 import os
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,8 +82,6 @@ DEFAULT_PAGE = 50
 #: Seconds rows collect before they are written (a batch also waits while the previous one is written):
 #: one transaction, and one hand-off to the database thread, per batch instead of per message.
 BATCH_DELAY = 0.02
-#: Rows per insert transaction at most.
-MAX_BATCH = 1000
 MAX_QUERYID = 256
 #: Result messages written before letting the reactor run other work (and waiting for the client to read).
 RESULTS_PER_TURN = 25
@@ -163,7 +164,7 @@ class ArchiveWriter:
     async def _drain(self) -> None:
         try:
             while self._rows:
-                rows, self._rows = self._rows[:MAX_BATCH], self._rows[MAX_BATCH:]
+                rows, self._rows = self._rows, []  # all at once: one transaction, 500 rows a statement
                 try:
                     self.written += await self.store.add(rows)
                 except Exception:
@@ -229,6 +230,7 @@ class MessageArchive(Module):
         #: HMAC key of stanza-ids; a node-local one until the shared one is read at start
         self.key = os.urandom(32)
         self._last_us = 0
+        self._random = random.Random(os.urandom(32))
         #: resource -> the query being answered for it
         self._queries = KeyedQueue()
 
@@ -274,17 +276,21 @@ class MessageArchive(Module):
     def _mac(self, nonce: bytes, owner: str) -> bytes:
         return hmac.new(self.key, nonce + owner.encode(), hashlib.sha256).digest()[:6]
 
-    def new_id(self, owner: str) -> str:
-        nonce = os.urandom(12)
+    def new_id(self, owner: str, ts: int) -> str:
+        """A stanza-id for ``owner`` archived at ``ts`` (microseconds): the time first, so an account's ids
+        grow with time and the archive's primary key is appended to, not written all over."""
+        # Not os.urandom: a system call per message releases the GIL to the database thread (measured: 12 us
+        # a call under load). The random part only keeps ids apart; the MAC is what cannot be forged.
+        nonce = ts.to_bytes(8, "big") + self._random.getrandbits(56).to_bytes(7, "big")
         return base64.urlsafe_b64encode(nonce + self._mac(nonce, owner)).decode()
 
     def ours(self, id: str, owner: str) -> bool:
         """Whether ``id`` is a stanza-id this cluster made for ``owner``."""
         try:
-            raw = base64.urlsafe_b64decode(id.encode("ascii")) if len(id) == 24 else b""
+            raw = base64.urlsafe_b64decode(id.encode("ascii")) if len(id) == 28 else b""
         except (ValueError, UnicodeEncodeError):
             return False
-        return len(raw) == 18 and hmac.compare_digest(raw[12:], self._mac(raw[:12], owner))
+        return len(raw) == 21 and hmac.compare_digest(raw[15:], self._mac(raw[:15], owner))
 
     def _now_us(self) -> int:
         now = int(self.server.clock.seconds() * 1_000_000)
@@ -306,11 +312,11 @@ class MessageArchive(Module):
             return True
         return {"always": True, "never": False}.get(prefs.default)
 
-    def _archive(self, stanza: domish.Element, owner: str, direction: str, jid: JID, id: str,
+    def _archive(self, stanza: domish.Element, owner: str, direction: str, jid: JID, id: str, ts: int,
                  decision: bool | None) -> None:
         user, _, domain = owner.partition("@")
         assert self.writer is not None
-        self.writer.add(ArchivedMessage(user, domain, id, self._now_us(), jid.userhost(), jid.resource or "",
+        self.writer.add(ArchivedMessage(user, domain, id, ts, jid.userhost(), jid.resource or "",
                                         direction, serialize(stanza).encode("utf-8"), if_in_roster=decision is None))
 
     @hook(MESSAGE_OUTGOING, PRIORITY)
@@ -329,7 +335,8 @@ class MessageArchive(Module):
             return False  # to the account itself: archived once, as incoming
         decision = self.decide(bare, jid)
         if decision is not False:
-            self._archive(stanza, bare, OUT, jid, self.new_id(bare), decision)
+            ts = self._now_us()
+            self._archive(stanza, bare, OUT, jid, self.new_id(bare, ts), ts, decision)
         return False
 
     @hook(MESSAGE_BARE, PRIORITY)
@@ -364,11 +371,12 @@ class MessageArchive(Module):
         decision = self.decide(bare, jid)
         if decision is False:
             return
-        id = self.new_id(bare)
+        ts = self._now_us()
+        id = self.new_id(bare, ts)
         mark = stanza.addElement((SID, "stanza-id"))
         mark["by"] = bare
         mark["id"] = id
-        self._archive(stanza, bare, IN, jid, id, decision)
+        self._archive(stanza, bare, IN, jid, id, ts, decision)
 
     # -- queries ---------------------------------------------------------------------------------------
 
