@@ -33,7 +33,7 @@ from xmppcluster.ops import monitor
 
 PASSWORD = "metrics-pass"
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-_METRIC = re.compile(r"\b((?:xmpp|process|python)_[a-z_]+)")
+_METRIC = re.compile(r"\b((?:xmpp|process|python)_[a-z0-9_]+)")
 
 
 def base(name: str) -> str:
@@ -44,7 +44,7 @@ def base(name: str) -> str:
 def documented() -> set[str]:
     """The metrics docs/metrics.rst names (in double back-quotes)."""
     text = (DOCS / "metrics.rst").read_text(encoding="utf-8")
-    return {base(name) for name in re.findall(r"``((?:xmpp|process|python)_[a-z_]+)", text)}
+    return {base(name) for name in re.findall(r"``((?:xmpp|process|python)_[a-z0-9_]+)", text)}
 
 
 def exposed(text: str) -> set[str]:

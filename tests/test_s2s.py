@@ -495,3 +495,24 @@ class PiggybackOutgoingTests(FederationCase):
         self.assertEqual(len(streams), 1, federation.status())
         incoming = next(iter(self.b.running.server.federation.incoming))
         self.assertEqual(incoming.pairs, {"a.test": {"b.test"}, "a2.test": {"b.test"}})
+
+
+class MetricsTests(FederationCase):
+    """The federation's gauges on /metrics (docs/metrics.rst): streams by direction and state."""
+
+    async def setUp(self) -> None:
+        from tests.support.server import free_port
+
+        self.metrics_port = free_port()
+        self.extra = {"a.test": f"--metrics-port={self.metrics_port}\n"}
+        await super().setUp()
+
+    async def test_streams_counted(self) -> None:
+        from tests.test_metrics import fetch, samples, value
+
+        await deferToThread(self.chat)
+        status, _, text = await deferToThread(fetch, self.metrics_port)
+        self.assertEqual(status, 200)
+        table = samples(text)
+        self.assertEqual(value(table, "xmpp_s2s_streams", direction="out", state="established"), 1.0, text)
+        self.assertEqual(value(table, "xmpp_s2s_queued"), 0.0)

@@ -215,6 +215,8 @@ class NodeCollector(Collector):
         yield from self._auth(metrics)
         yield from self._stanzas(server)
         yield from self._bosh(server)
+        if server.federation is not None:
+            yield from self._federation(server.federation)
         yield from self._offline(metrics)
         yield _gauge("xmpp_reactor_last_lag_seconds", "How late the last 1 s timer of the reactor fired",
                      metrics.reactor_lag)
@@ -263,6 +265,26 @@ class NodeCollector(Collector):
         yield _gauge("xmpp_bosh_sessions", "BOSH sessions owned by this node", len(sessions))
         yield _gauge("xmpp_bosh_held_requests", "HTTP requests BOSH sessions hold (long polls)",
                      sum(len(session.held) for session in sessions))
+
+    def _federation(self, federation: Any) -> Iterator[Metric]:
+        streams = GaugeMetricFamily("xmpp_s2s_streams", "Server-to-server streams of this node, by direction and state",
+                                    labels=["direction", "state"])
+        counts: dict[tuple[str, str], int] = {}
+        for stream in federation.incoming:
+            key = ("in", "established" if stream.pairs else "negotiating")
+            counts[key] = counts.get(key, 0) + 1
+        for link in federation.links.values():
+            stream = link.stream or link.pending
+            if stream is not None and stream.direction == "out" and stream.link is link:
+                key = ("out", "established" if link.stream is stream else "negotiating")
+                counts[key] = counts.get(key, 0) + 1
+        for (direction, state), count in sorted(counts.items()):
+            streams.add_metric([direction, state], count)
+        yield streams
+        yield _gauge("xmpp_s2s_queued", "Stanzas waiting for a remote domain (not yet written)",
+                     sum(len(link.queue) for link in federation.links.values()))
+        yield _gauge("xmpp_s2s_unconfirmed", "Stanzas written to remote servers and not yet confirmed by a ping",
+                     sum(len(link.unconfirmed) for link in federation.links.values()))
 
     def _offline(self, metrics: NodeMetrics) -> Iterator[Metric]:
         if metrics.offline is None:
