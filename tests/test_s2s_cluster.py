@@ -7,10 +7,13 @@ sends what its stream to t1 had not confirmed again, to t2: no message b.test ac
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.clients.raw import RawClient
+from tests.support.certs import make_ca
 from tests.support.cluster import DOMAIN, make_cluster, migrate
 from tests.support.federation import PASSWORD, ca_path
 from tests.support.server import free_port, start_server
@@ -21,16 +24,27 @@ NODES = ("t1.example.com", "t2.example.com")
 
 class ClusterFederationTests(TestCase):
     timeout = 120
+    #: b.test trusts the cluster's certificate authority (EXTERNAL); else both sides use dialback.
+    trusted = True
 
     async def setUp(self) -> None:
         self.s2s = {name: free_port() for name in NODES}
         b_port = free_port()
         self.ca = ca_path(self)
+        b_ca = self.ca
+        insecure_b = insecure_nodes = ""
+        if not self.trusted:
+            other = make_ca("b.test's own CA")
+            b_ca = os.path.join(os.path.dirname(self.ca), "other-ca.pem")
+            with open(b_ca, "wb") as out:
+                out.write(other.root_pem())
+            insecure_b = f"s2s/insecure-domains[s]={DOMAIN}\n"
+            insecure_nodes = "s2s/insecure-domains[s]=b.test\n"
         node_extra = {
             name: (f"s2s/connections/ports[i]={self.s2s[name]}\n"
                    f"s2s/connections/{self.s2s[name]}/ifc[s]=127.0.0.1\n"
                    f"s2s/hosts[s]=b.test=127.0.0.1:{b_port}\n"
-                   f"s2s/ca-file={self.ca}\n")
+                   f"s2s/ca-file={self.ca}\n" + insecure_nodes)
             for name in NODES}
         self.cluster = make_cluster(self, 2, node_extra=node_extra)
         await migrate(self.cluster)
@@ -40,8 +54,8 @@ class ClusterFederationTests(TestCase):
         hosts = ",".join(f"{DOMAIN}=127.0.0.1:{self.s2s[name]}" for name in NODES)
         self.b = await start_server(self, f"s2s/connections/ports[i]={b_port}\n"
                                           f"s2s/connections/{b_port}/ifc[s]=127.0.0.1\n"
-                                          f"s2s/hosts[s]={hosts}\ns2s/ca-file={self.ca}\n"
-                                          "s2s/connect-timeout=10\n", domains=("b.test",))
+                                          f"s2s/hosts[s]={hosts}\ns2s/ca-file={b_ca}\n"
+                                          "s2s/connect-timeout=10\n" + insecure_b, domains=("b.test",))
         await self.b.add_user("bob@b.test", PASSWORD)
 
     def local(self, node: str, user: str) -> RawClient:
@@ -95,3 +109,25 @@ class ClusterFederationTests(TestCase):
         self.assertEqual(seen["alice"], ["to alice"])
         self.assertEqual(seen["bob"], ["from t1", "from t2"])
         self.assertEqual(seen["carol"], [f"to carol {n}" for n in range(1, 6)])
+
+
+class ClusterDialbackTests(ClusterFederationTests):
+    """No trusted certificates between the cluster and b.test: dialback both ways. b.test verifies the key
+    t2 sent by asking t1 (the first address of its map): any node answers for the domain (shared secret)."""
+
+    trusted = False
+
+    async def test_dialback_verified_by_another_node(self) -> None:
+        def run() -> str:
+            carol = self.local(NODES[1], "carol")
+            bob = self.bob()
+            try:
+                carol.send("<message to='bob@b.test/r' type='chat'><body>from t2</body></message>")
+                return self.bodies(bob, 1)[0]
+            finally:
+                carol.close()
+                bob.close()
+
+        self.assertEqual(await deferToThread(run), "from t2")
+        methods = {(line["direction"], line["auth"]) for line in self.b.server.federation.status()}
+        self.assertIn(("in", "dialback"), methods)
