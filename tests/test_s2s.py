@@ -516,3 +516,21 @@ class MetricsTests(FederationCase):
         table = samples(text)
         self.assertEqual(value(table, "xmpp_s2s_streams", direction="out", state="established"), 1.0, text)
         self.assertEqual(value(table, "xmpp_s2s_queued"), 0.0)
+
+
+class KeepaliveTests(FederationCase):
+    """XEP-0199 on an idle outgoing stream: a ping every s2s/ping-interval, answered, the stream kept."""
+
+    extra = {"a.test": "s2s/ping-interval[F]=1\n"}
+
+    async def test_idle_stream_is_pinged(self) -> None:
+        from twisted.internet import reactor, task
+
+        await deferToThread(self.chat)
+        federation = self.a.federation
+        link = federation.links[("a.test", "b.test")]
+        stream, first = link.stream, federation._ping_counter
+        while federation._ping_counter < first + 2:  # two keepalives, each sent after the last was answered
+            await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertIs(link.stream, stream)
+        self.assertFalse(stream.closed)
