@@ -105,6 +105,8 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     sm_plugins_enabled: list[str] = field(default_factory=list)
     sm_plugins_disabled: list[str] = field(default_factory=list)
+    #: XEP-0114 components: domain -> secret (ext/components; never logged)
+    components: dict[str, str] = field(default_factory=dict, repr=False)
     _values: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
     _listeners: dict[str, list[Listener]] | None = field(default=None, repr=False, compare=False)
     # The typed sections, built once from the values (consumers take these, not key lookups).
@@ -298,6 +300,7 @@ class _Builder:
             local, domain = jid.split("@")
             admins.append(f"{local}@{domain.lower()}")
         self._check_s2s()
+        components = self._components(virt_hosts)
         explicit_name = self.values.get(g + ("node-name",))
         if explicit_name is not None and not _HOSTNAME.fullmatch(explicit_name):
             raise self.fail(g + ("node-name",), "a host name like t1.example.com")
@@ -345,6 +348,7 @@ class _Builder:
             warnings=self.warnings,
             sm_plugins_enabled=enabled,
             sm_plugins_disabled=disabled,
+            components=components,
             _values=dict(self.values),
             _listeners=listeners,
         )
@@ -422,6 +426,24 @@ class _Builder:
                                  "(ps, /proc/<pid>/cmdline): set it in the configuration file, or give each "
                                  "secret as name:@/path/to/secret-file")
         return nodes
+
+    def _components(self, virt_hosts: list[str]) -> dict[str, str]:
+        """``ext/components`` entries ``domain:secret`` (``domain:@/path``): domain -> secret."""
+        canon = ("ext", "components")
+        components: dict[str, str] = {}
+        for item in self.get("components", "ext"):
+            domain, _, secret = item.partition(":")
+            domain = domain.strip().lower()
+            shown = _quote(_redact(_REGISTRY[canon], item))
+            if not _HOSTNAME.fullmatch(domain) or not secret.strip():
+                raise self.fail(canon, f"domain:secret entries (bad entry {shown})")
+            if domain in virt_hosts:
+                raise self.fail(canon, f"a component domain that is not in --virt-hosts ({_quote(domain)} is)")
+            if domain in components:
+                raise self.fail(canon, f"each component domain once ({_quote(domain)} is listed twice)")
+            secret = secret.strip()
+            components[domain] = self._secret_file(canon, secret[1:]) if secret.startswith("@") else secret
+        return components
 
     def _secret_file(self, canon: tuple[str, str], path: str) -> str:
         """A secret kept in a file (``name:@/path:port``): its first line, surrounding whitespace dropped."""
@@ -592,7 +614,8 @@ def load(path: str | None, overrides: dict[str, str] | None = None) -> Config:
     config = _parse(text, path, path, overrides)
     nodes = _REGISTRY[(GLOBAL, "cluster-nodes")]
     has_secret = any(_redact(nodes, item) != item for item in config.get(GLOBAL, "cluster-nodes")) or _redact(
-        _REGISTRY[(GLOBAL, "user-db-uri")], config.user_db_uri) != config.user_db_uri
+        _REGISTRY[(GLOBAL, "user-db-uri")], config.user_db_uri) != config.user_db_uri or any(
+        _redact(_REGISTRY[("ext", "components")], item) != item for item in config.get("ext", "components"))
     if has_secret and mode & stat.S_IROTH:
         config.warnings.append(f"{path}: contains secrets but is readable by every user (chmod o-r)")
     return config

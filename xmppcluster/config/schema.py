@@ -16,7 +16,7 @@ __all__ = ["GLOBAL", "KINDS", "ConfigError", "Setting", "register", "settings"]
 GLOBAL = "--"
 DEFAULT_PATH = "etc/init.properties"
 DEFAULT_DB_URI = "sqlite:///data/xmppcluster.sqlite"
-CONNECTION_MANAGERS = ("c2s", "bosh", "ws2s", "cl-comp", "s2s")
+CONNECTION_MANAGERS = ("c2s", "bosh", "ws2s", "cl-comp", "s2s", "ext")
 COMMAND_LINE = "<command line>"
 
 KINDS = {
@@ -221,7 +221,7 @@ VHOST_OPTIONS = {
     "tls-required": "vhost-tls-required",
 }
 # s2s listens only where configured (``s2s/connections/ports[i]=5269,5270``): docs/federation.rst.
-_DEFAULT_PORTS = {"c2s": [5222, 5223], "bosh": [5280], "ws2s": [5290], "cl-comp": [5277], "s2s": []}
+_DEFAULT_PORTS = {"c2s": [5222, 5223], "bosh": [5280], "ws2s": [5290], "cl-comp": [5277], "s2s": [], "ext": []}
 _DEFAULT_SSL_PORTS = {"c2s": (5223,), "s2s": (5270,)}
 _PORT = {"minimum": 1, "maximum": 65535}
 
@@ -360,6 +360,16 @@ register("s2s", "max-incoming-unauthenticated", "I", 200,
          "Incoming server connections not yet authenticated at once, all addresses together.", minimum=1)
 register("s2s", "rate-limit", "I", 1048576, "Bytes per second read from one server-to-server stream (0 = off).",
          minimum=0)
+register("ext", "components", "s", [],
+         "External components (XEP-0114) ``domain:secret``, comma-separated; a secret ``@/path`` is read from that "
+         "file. They connect to the ``ext`` ports (docs/components.rst).", secret=True)
+register("ext", "handshake-timeout", "F", 10.0, "Seconds a component connection has to complete its handshake.",
+         minimum=0.1)
+register("ext", "max-unauthenticated", "I", 50, "Component connections not yet authenticated at once.", minimum=1)
+register("ext", "rate-limit", "I", 1048576, "Bytes per second read from one component connection (0 = off).",
+         minimum=0)
+register("ext", "idle-timeout", "I", 3600, "Seconds without traffic before a component connection is closed.",
+         minimum=1)
 register("vhost-man", "<domain>/sm-plugins", "s", [],
          "Per-vhost module selection (``+name``/``-name``) on top of ``--sm-plugins``, e.g. "
          "``vhost-man/example.org/sm-plugins[s]=-vcard-temp``.")
@@ -445,6 +455,9 @@ def _redact(setting: Setting | None, value: str) -> str:
                 fields[1] = "***"
             items.append(":".join(fields))
         return ",".join(items)
+    if setting.key == "components":
+        return ",".join(f"{item.partition(':')[0]}:***" if item.partition(":")[2][:1] not in ("", "@") else item
+                        for item in value.split(","))
     value = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", value)
     return re.sub(r"(?i)(password=)[^&;\s]*", r"\1***", value)
 

@@ -101,7 +101,7 @@ OUTGOING = {"message": MESSAGE_OUTGOING, "presence": PRESENCE_OUTGOING, "iq": IQ
 ROUTE_REMOTE = Event(
     "route/remote", DISPATCH, "stanza, target: JID, sender",
     "a stanza for a domain that is not local; true = handled (otherwise remote-server-not-found)",
-    "core/router.py", "blocking, s2s/federation.py")
+    "core/router.py", "blocking, s2s/component.py, s2s/federation.py")
 MESSAGE_SERVER = Event(
     "message/server", DISPATCH, "stanza, sender",
     "a message to a local domain; true = handled (otherwise service-unavailable for normal/chat)",

@@ -63,6 +63,10 @@ class ServerService(service.MultiService):
         self.server.federation = Federation(self.server, await shared_secret(storage.db, "s2s-dialback"),
                                             self.reactor)
         self.server.federation.start()
+        from xmppcluster.s2s.component import Components
+
+        self.server.components = Components(self.server, self.reactor)  # XEP-0114 (docs/components.rst)
+        self.server.components.start()
         from xmppcluster.ops.s2s_status import S2SReporter
 
         self.s2s_reporter = S2SReporter(self.server, self.reactor)
@@ -103,6 +107,8 @@ class ServerService(service.MultiService):
             from xmppcluster.s2s.federation import IncomingFactory
 
             return IncomingFactory(self.server.federation, listener)
+        if listener.component == "ext":
+            return self.server.components.factory()
         if listener.component in ("bosh", "ws2s"):
             from xmppcluster.ops.http import build_site
 
@@ -142,6 +148,8 @@ class ServerService(service.MultiService):
         bosh_sessions(server).shutdown()
         for stream in list(server.streams):
             stream.fail("system-shutdown")
+        if getattr(server, "components", None) is not None:
+            server.components.stop()
         if server.federation is not None:  # after the clients: their unavailable presences go out first
             await server.federation.stop()
             await self.s2s_reporter.stop()
