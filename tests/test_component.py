@@ -260,3 +260,57 @@ class ComponentConfigTests(TestCase):
             self.assertIn("init.properties:3:", str(caught.exception))
             self.assertIn(expected, str(caught.exception))
             self.assertNotIn("topsecret", str(caught.exception))
+
+
+class ComponentClusterTests(TestCase):
+    """The component on t2, the user on t1: stanzas cross the cluster link both ways."""
+
+    timeout = 90
+
+    async def setUp(self) -> None:
+        from tests.support.cluster import DOMAIN, make_cluster, migrate
+
+        self.domain = DOMAIN
+        self.ext = {name: free_port() for name in ("t1.example.com", "t2.example.com")}
+        node_extra = {name: f"ext/connections/ports[i]={port}\next/connections/{port}/ifc[s]=127.0.0.1\n"
+                      for name, port in self.ext.items()}
+        self.cluster = make_cluster(self, 2, f"ext/components[s]={COMPONENT}:{SECRET}\n", node_extra=node_extra)
+        await migrate(self.cluster)
+        await self.cluster.add_users(f"alice@{DOMAIN}", password="alice-pass")
+        for name in self.cluster.nodes:
+            self.cluster.start(name, wait=False)
+        for name in self.cluster.nodes:
+            await deferToThread(self.wait_linked, name)
+
+    def wait_linked(self, name: str) -> None:
+        from tests.support.process import wait_for_port
+        from tests.support.waiting import wait_until
+
+        node = self.cluster.nodes[name]
+        wait_for_port(node.ports["c2s"], process=node.process)
+        others = [n for n in self.cluster.nodes if n != name]
+        wait_until(lambda: all(f"link to {o} up" in self.cluster.log(name) for o in others), timeout=30)
+
+    def test_component_on_t2_user_on_t1(self):
+        def scenario():
+            alice = RawClient(self.cluster.nodes["t1.example.com"].ports["c2s"], domain=self.domain,
+                              ca_file=self.cluster.ca_file)
+            self.addCleanup(alice.close)
+            me = alice.login("alice", "alice-pass", "a")
+            self.cluster.wait_replicated(1, 0)
+            comp = RawComponent(self.ext["t2.example.com"], COMPONENT)
+            self.addCleanup(comp.close)
+            assert comp.handshake(SECRET).tag == c("handshake")
+            # t2 told t1 about the component before answering the handshake, on the link this message takes
+            comp.send(f"<message from='{COMPONENT}' to='{me}' type='chat'><body>hello</body></message>")
+            first = alice.until(f"{CLIENT}message").findtext(f"{CLIENT}body")
+            alice.send(f"<message to='{COMPONENT}' type='chat'><body>ping me</body></message>")
+            got = comp.until(c("message"))
+            alice.send(f"<iq type='get' id='v1' to='{COMPONENT}'><query xmlns='jabber:iq:version'/></iq>")
+            request = comp.until(c("iq"))
+            comp.send(f"<iq type='result' id='{request.get('id')}' from='{COMPONENT}' to='{request.get('from')}'/>")
+            result = alice.until(f"{CLIENT}iq")
+            return first, got.get("from"), got.findtext(c("body")), result.get("type"), result.get("from")
+
+        return deferToThread(scenario).addCallback(
+            self.assertEqual, ("hello", f"alice@{self.domain}/a", "ping me", "result", COMPONENT))

@@ -415,7 +415,8 @@ class Cluster:
 
 #: Control elements from a peer handed to other parts of this node: a fixed table, never a name from the wire.
 _PEER_EVENTS = {"offline-waiting": ev.OFFLINE_WAITING_HERE, "bosh-req": ev.CLUSTER_BOSH_REQUEST,
-                "bosh-resp": ev.CLUSTER_BOSH_RESPONSE}
+                "bosh-resp": ev.CLUSTER_BOSH_RESPONSE, "comp-up": ev.CLUSTER_COMPONENT,
+                "comp-down": ev.CLUSTER_COMPONENT, "comp-stanza": ev.CLUSTER_COMPONENT}
 
 
 class _OneLink(LinkFactory):

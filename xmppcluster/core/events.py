@@ -216,11 +216,11 @@ CACHES_STALE = Event(
 CLUSTER_NODE_UP = Event(
     "cluster/node-up", NOTIFY, "peer: str",
     "a link to peer is up (new or replaced)",
-    "cluster", "cluster (BOSH forwarding)")
+    "cluster", "cluster (BOSH forwarding), s2s/component.py")
 CLUSTER_NODE_DOWN = Event(
     "cluster/node-down", NOTIFY, "peer: str",
     "peer was declared down",
-    "cluster", "cluster (BOSH forwarding)")
+    "cluster", "cluster (BOSH forwarding), s2s/component.py")
 CLUSTER_BOSH_REQUEST = Event(
     "cluster/bosh-req", NOTIFY, "peer: str, frame: Element",
     "a BOSH request forwarded by peer to this node (the session's owner)",
@@ -229,6 +229,10 @@ CLUSTER_BOSH_RESPONSE = Event(
     "cluster/bosh-resp", NOTIFY, "peer: str, frame: Element",
     "the answer to a BOSH request this node forwarded to peer",
     "cluster", "cluster (BOSH forwarding)")
+CLUSTER_COMPONENT = Event(
+    "cluster/component", NOTIFY, "peer: str, frame: Element",
+    "peer holds (comp-up) or lost (comp-down) an external component, or forwards a stanza for it (comp-stanza)",
+    "cluster", "s2s/component.py")
 
 #: Every event, by name.
 EVENTS: dict[str, Event] = {value: value for value in list(globals().values()) if isinstance(value, Event)}

@@ -4,9 +4,9 @@
 (:class:`~xmppcluster.s2s.stream.ServerStream`): the component opens a ``jabber:component:accept`` stream to its
 domain, proves the shared secret with ``<handshake>`` (hex SHA-1 of the stream id and the secret), then sends
 stanzas from its domain. :class:`Components` routes stanzas for a component domain to the connection holding
-it (``route/remote``, above federation). One connection per domain: a new one that authenticates replaces the
-old one (``conflict``). Single node: a component connected to another cluster node is not reached from this
-one (such stanzas bounce ``service-unavailable``; docs/components.rst).
+it (``route/remote``, above federation). One connection per domain and node: a new one that authenticates
+replaces the old one (``conflict``). In a cluster, nodes tell each other which components they hold
+(``<comp-up/>``, ``<comp-down/>``) and forward stanzas for them (``<comp-stanza/>``): docs/components.rst.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from xmppcluster.core import namespaces as ns
-from xmppcluster.core.events import ROUTE_REMOTE
+from xmppcluster.core.events import CLUSTER_COMPONENT, CLUSTER_NODE_DOWN, CLUSTER_NODE_UP, ROUTE_REMOTE
 from xmppcluster.core.jid import JID
-from xmppcluster.core.serializer import start_tag
+from xmppcluster.core.serializer import serialize, start_tag, tag
 from xmppcluster.s2s.stream import ServerStream, domain_of, wire
 from xmppcluster.streams.core import stream_error
 
@@ -146,8 +146,8 @@ class ComponentStream(ServerStream):
         self.auth_method = "handshake"
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
+        self.components.authenticated(self)  # peers hear of it before the component may send (link order)
         self.output.write(b"<handshake/>")
-        self.components.authenticated(self)
 
     def _stanza(self, stanza: domish.Element) -> None:
         frm = stanza.getAttribute("from")
@@ -182,9 +182,15 @@ class Components:
         self.secrets: dict[str, str] = dict(server.config.components)
         self.connected: dict[str, ComponentStream] = {}
         self.unauthenticated: set[ComponentStream] = set()
+        #: component domain -> the other cluster nodes holding a connection of it (from their <comp-up/>)
+        self.elsewhere: dict[str, set[str]] = {}
 
     def start(self) -> None:
-        self.server.hooks.on(ROUTE_REMOTE, self.route_remote, PRIORITY)
+        hooks = self.server.hooks
+        hooks.on(ROUTE_REMOTE, self.route_remote, PRIORITY)
+        hooks.on(CLUSTER_COMPONENT, self._peer_frame)
+        hooks.on(CLUSTER_NODE_UP, self._node_up)
+        hooks.on(CLUSTER_NODE_DOWN, self._node_down)
 
     def stop(self) -> None:
         for stream in list(self.connected.values()) + list(self.unauthenticated):
@@ -203,12 +209,14 @@ class Components:
                  id=stream.stream_id)
         if old is not None and old is not stream:
             old.fail("conflict", "the component connected again")
+        self._broadcast(tag("comp-up", {"domain": stream.domain}))
 
     def closed(self, stream: ComponentStream, reason: str) -> None:
         self.unauthenticated.discard(stream)
         if stream.domain is not None and self.connected.get(stream.domain) is stream:
             del self.connected[stream.domain]
             log.info("component {domain} disconnected: {reason}", domain=stream.domain, reason=reason)
+            self._broadcast(tag("comp-down", {"domain": stream.domain}))
 
     # -- routing ---------------------------------------------------------------------------------------------
 
@@ -217,11 +225,51 @@ class Components:
         if target.host not in self.secrets:
             return False
         stream = self.connected.get(target.host)
-        if stream is None or stream.closed:
-            self.server.router.bounce(stanza, "service-unavailable", "the component is not connected")
+        if stream is not None and not stream.closed:
+            stream.send(stanza)
             return True
-        stream.send(stanza)
+        cluster = self.server.cluster
+        for node in sorted(self.elsewhere.get(target.host, ())):
+            body = serialize(stanza)
+            if len(body) > cluster.max_frame_bytes - 4096:
+                self.server.router.bounce(stanza, "policy-violation", "too large to route between cluster nodes")
+                return True
+            if cluster.send_event(node, f"{start_tag('comp-stanza', {'domain': target.host})}{body}</comp-stanza>"):
+                return True
+        self.server.router.bounce(stanza, "service-unavailable", "the component is not connected")
         return True
+
+    # -- cluster: which node holds which component, and stanzas forwarded to it -----------------------------
+
+    def _broadcast(self, xml: str) -> None:
+        if self.server.cluster is not None:
+            self.server.cluster.broadcast(xml.encode())
+
+    def _node_up(self, peer: str) -> None:
+        for domain in self.connected:  # a new link: the peer learns what this node holds
+            self.server.cluster.send_event(peer, tag("comp-up", {"domain": domain}))
+
+    def _node_down(self, peer: str) -> None:
+        for nodes in self.elsewhere.values():
+            nodes.discard(peer)
+
+    def _peer_frame(self, peer: str, frame: domish.Element) -> None:
+        domain = (frame.getAttribute("domain") or "").lower()
+        if domain not in self.secrets:
+            return
+        if frame.name == "comp-up":
+            self.elsewhere.setdefault(domain, set()).add(peer)
+        elif frame.name == "comp-down":
+            self.elsewhere.get(domain, set()).discard(peer)
+        elif frame.name == "comp-stanza":
+            stanza = next(frame.elements(), None)
+            if stanza is None or stanza.name not in STANZAS:
+                return
+            stream = self.connected.get(domain)
+            if stream is not None and not stream.closed:
+                stream.send(stanza)
+            else:
+                self.server.router.bounce(stanza, "service-unavailable", "the component is not connected")
 
     def status(self) -> list[dict[str, Any]]:
         return [stream.status() for stream in self.connected.values()]
