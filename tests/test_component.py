@@ -310,7 +310,13 @@ class ComponentClusterTests(TestCase):
             request = comp.until(c("iq"))
             comp.send(f"<iq type='result' id='{request.get('id')}' from='{COMPONENT}' to='{request.get('from')}'/>")
             result = alice.until(f"{CLIENT}iq")
-            return first, got.get("from"), got.findtext(c("body")), result.get("type"), result.get("from")
+            comp.send("</stream:stream>")
+            comp.wait_closed()  # t2 has closed its side: the component is gone there
+            alice.send(f"<message to='{COMPONENT}' id='late' type='chat'><body>still there?</body></message>")
+            bounce = alice.until(f"{CLIENT}message")
+            return (first, got.get("from"), got.findtext(c("body")), result.get("type"), result.get("from"),
+                    bounce.get("type"), condition(bounce))
 
         return deferToThread(scenario).addCallback(
-            self.assertEqual, ("hello", f"alice@{self.domain}/a", "ping me", "result", COMPONENT))
+            self.assertEqual, ("hello", f"alice@{self.domain}/a", "ping me", "result", COMPONENT, "error",
+                               "service-unavailable"))
