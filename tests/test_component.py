@@ -197,6 +197,35 @@ class ComponentTests(TestCase):
         self.assertEqual((bounce.get("type"), bounce.get("from"), condition(bounce)),
                          ("error", "idle.localhost", "service-unavailable"))
 
+    async def test_slixmpp_component(self):
+        """Interop: slixmpp's ComponentXMPP (not ours) connects, pings the server and talks to a user."""
+        import json
+        import os
+        import sys
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.support.slix import ROOT
+
+        await self.start()
+        alice = await deferToThread(self.alice)
+        spec = {"port": self.ext, "jid": COMPONENT, "secret": SECRET, "to": "alice@localhost/phone", "timeout": 20}
+        running = getProcessOutputAndValue(sys.executable, ["-m", "tests.clients.slix_component", json.dumps(spec)],
+                                           env=dict(os.environ), path=ROOT)
+
+        def answer():
+            hello = alice.until(f"{CLIENT}message")
+            alice.send(f"<message to='{hello.get('from')}' type='chat'><body>hi bot</body></message>")
+            return hello.get("from"), hello.findtext(f"{CLIENT}body")
+
+        self.assertEqual(await deferToThread(answer), (f"bot@{COMPONENT}", "hello"))
+        out, err, code = await running
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        self.assertEqual(result, {"connected": True, "pong": True, "error": None,
+                                  "reply": {"from": "alice@localhost/phone", "to": f"bot@{COMPONENT}",
+                                            "body": "hi bot"}})
+
     # -- attacks ---------------------------------------------------------------------------------------------
 
     async def test_oversized_stanza(self):
