@@ -53,7 +53,7 @@ async def main(spec: dict) -> dict:
     component.connect()
     try:
         await asyncio.wait_for(component.done, spec.get("timeout", 20))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         component.result["error"] = component.result["error"] or "timeout"
     component.disconnect()
     return component.result
