@@ -137,11 +137,11 @@ IQ_FULL = Event(
 IQ_RESPONSE = Event(
     "iq/response", DISPATCH, "stanza, target: 'server' | 'account', sender",
     "an IQ result or error addressed to the server or an account; true = taken (otherwise dropped)",
-    "core/router.py", "(none yet)")
+    "core/router.py", "push (app server replies)")
 MESSAGE_OFFLINE = Event(
     "message/offline", DISPATCH, "stanza, bare: str",
     "a message no resource of bare can take; true = taken (stored or dropped; otherwise service-unavailable)",
-    "core/router.py", "offline")
+    "core/router.py", "offline, push (watches, never takes)")
 
 #: Per stanza kind: the event for a stanza to a local domain, and to a local full JID (fixed tables).
 TO_SERVER = {"message": MESSAGE_SERVER, "presence": PRESENCE_SERVER}  # IQs go to the @iq handlers
