@@ -53,6 +53,19 @@ class ComponentTests(TestCase):
         client.login("alice", "alice-pass", "phone")
         return client
 
+    async def test_listed_in_the_domains_disco_items(self):
+        """Components named under a hosted domain are its disco#items (others are not listed)."""
+        await self.start("ext/components[s]=push.localhost:a,gateway.example.org:b\n")
+
+        def run():
+            alice = self.alice()
+            alice.send("<iq type='get' id='items' to='localhost'>"
+                       "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+            reply = alice.until(f"{CLIENT}iq")
+            return [item.get("jid") for item in reply.iter("{http://jabber.org/protocol/disco#items}item")]
+
+        self.assertEqual(await deferToThread(run), ["push.localhost"])
+
     # -- handshake -----------------------------------------------------------------------------------------
 
     async def test_handshake(self):

@@ -122,7 +122,13 @@ class Disco(Module):
     def server_items(self, request: domish.Element, sender: Any) -> domish.Element:
         node = stanzas.first_child(request).getAttribute("node")
         if not node:
-            return _reply(request, ITEMS)[0]
+            # The XEP-0114 components named under this domain (push.example.com for example.com).
+            reply, query = _reply(request, ITEMS)
+            suffix = "." + parse_jid(request["to"]).host
+            for component in sorted(self.config.components):
+                if component.endswith(suffix):
+                    query.addElement("item")["jid"] = component
+            return reply
         items = self._node("disco_items", node, parse_jid(request["to"]).host, request)
         reply, query = _reply(request, ITEMS)
         query["node"] = node
