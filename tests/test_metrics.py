@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -458,3 +459,22 @@ class ClusterStatusTests(TestCase):
         self.assertEqual(value(after[t1], "xmpp_cluster_sessions", node=t2), 1)
         self.assertEqual(value(after[t2], "xmpp_stanzas_sent_total", kind="message")
                          - value(before[t2], "xmpp_stanzas_sent_total", kind="message"), 3)
+
+
+class DatabaseObserveTests(TestCase):
+    """Query timing (``Database.observe``) may be switched off while a query waits: that query still ends
+    normally and is reported to the observer it started with."""
+
+    async def test_observer_removed_during_queries(self) -> None:
+        from tests.support.databases import make_storage
+
+        storage = await make_storage(self, "sqlite")
+        db = storage.db
+        seen: list[str] = []
+        db.observe = lambda kind, seconds: seen.append(kind)
+        write = ensureDeferred(db.interaction(lambda cursor: cursor.execute("SELECT 1")))
+        read = ensureDeferred(db.query("SELECT 1"))
+        db.observe = None  # the metrics stop (node shutdown) before either answered
+        await write
+        await read
+        self.assertEqual(sorted(seen), ["read", "write"])

@@ -198,13 +198,14 @@ class Database:
         return await self._read(fn, args, snapshot=True)
 
     async def _read(self, fn: Callable[..., Any], args: tuple, snapshot: bool) -> Any:
-        if self.observe is None:
+        observe = self.observe  # taken now: the metrics may stop observing while this read waits
+        if observe is None:
             return await self._read_now(fn, args, snapshot)
         started = time.perf_counter()
         try:
             return await self._read_now(fn, args, snapshot)
         finally:
-            self.observe("read", time.perf_counter() - started)
+            observe("read", time.perf_counter() - started)
 
     async def _read_now(self, fn: Callable[..., Any], args: tuple, snapshot: bool) -> Any:
         if self.inline_reads and not self._closed:
@@ -245,12 +246,13 @@ class Database:
 
     async def _run(self, fn: Callable[..., Any], args: tuple, *, retry: bool, write: bool = False,
                    observed: bool = True) -> Any:
-        if observed and self.observe is not None:
+        observe = self.observe if observed else None  # taken now: the metrics may stop while this waits
+        if observe is not None:
             started = time.perf_counter()
             try:
                 return await self._run(fn, args, retry=retry, write=write, observed=False)
             finally:
-                self.observe("write" if write else "read", time.perf_counter() - started)
+                observe("write" if write else "read", time.perf_counter() - started)
         try:
             return await self._defer(fn, args, write)
         except adbapi.ConnectionLost:
