@@ -22,9 +22,10 @@ import secrets
 import weakref
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.words.xish import domish
 
+from xmppcluster.core.background import Background
 from xmppcluster.core.events import (
     MESSAGE_OFFLINE,
     OFFLINE_STORING,
@@ -117,7 +118,7 @@ class OfflineMessages(Module):
         #: bare JIDs whose queue must be looked at again when the running delivery ends
         self._again: set[str] = set()
         #: background stores and deliveries, for :meth:`drain`
-        self._pending: set[Deferred] = set()
+        self._work = Background(self.log, "offline")
         #: bare JID -> lock that keeps its stores in arrival order
         self._stores = KeyedQueue()
         #: stanza being stored -> its store (see :meth:`storing`)
@@ -133,26 +134,7 @@ class OfflineMessages(Module):
 
     def drain(self) -> Deferred:
         """A Deferred that fires once no background store or delivery is left (including ones they start)."""
-        if not self._pending:
-            return succeed(None)
-
-        async def wait() -> None:
-            while self._pending:
-                await DeferredList(list(self._pending), consumeErrors=True)
-
-        return ensureDeferred(wait())
-
-    def _background(self, coroutine: Any, what: str) -> Deferred:
-        d = ensureDeferred(coroutine)
-        self._pending.add(d)
-
-        def done(result: Any) -> Any:
-            self._pending.discard(d)
-            return result
-
-        d.addBoth(done)
-        d.addErrback(lambda failure: self.log.failure("offline {what} failed", failure, what=what))
-        return d
+        return self._work.drain()
 
     def _now(self) -> float:
         return float(self.server.clock.seconds())
@@ -172,7 +154,7 @@ class OfflineMessages(Module):
         user, _, domain = bare.partition("@")
         now = self._now()
         data = serialize_with_delay(stanza, domain, utc_stamp(now))
-        self._storing[stanza] = self._background(self._store(stanza, data, user, domain, int(now)), "store")
+        self._storing[stanza] = self._work.run(self._store(stanza, data, user, domain, int(now)), "store")
         return True
 
     @hook(OFFLINE_STORING)
@@ -249,7 +231,7 @@ class OfflineMessages(Module):
         if running is not None:
             self._again.add(bare)
             return running
-        d = self._background(self._deliver_all(bare, session), "delivery")
+        d = self._work.run(self._deliver_all(bare, session), "delivery")
         if not d.called:
             self._delivering[bare] = d
         return d

@@ -20,11 +20,12 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from xmppcluster.core import stanza as stanzas
+from xmppcluster.core.background import Background
 from xmppcluster.core.events import IQ_RESPONSE, MESSAGE_OFFLINE
 from xmppcluster.core.jid import InvalidJID, parse_jid
 from xmppcluster.core.serializer import serialize
@@ -66,7 +67,7 @@ class PushNotifications(Module):
         self._later: dict[tuple[str, str, str], Any] = {}
         #: (bare, jid, node) -> the last sender seen while a notification waits
         self._sender: dict[tuple[str, str, str], str] = {}
-        self._pending: set[Deferred] = set()
+        self._work = Background(self.log, "push")
 
     def start(self) -> None:
         db = getattr(self.server.storage, "db", None)
@@ -77,21 +78,7 @@ class PushNotifications(Module):
             if call.active():
                 call.cancel()
         self._later.clear()
-        if not self._pending:
-            return succeed(None)
-
-        async def wait() -> None:
-            while self._pending:
-                await DeferredList(list(self._pending), consumeErrors=True)
-
-        return ensureDeferred(wait())
-
-    def _background(self, coroutine: Any, what: str) -> Deferred:
-        d = ensureDeferred(coroutine)
-        self._pending.add(d)
-        d.addBoth(lambda result: (self._pending.discard(d), result)[1])
-        d.addErrback(lambda failure: self.log.failure("push {what} failed", failure, what=what))
-        return d
+        return self._work.drain()
 
     # -- enable / disable ------------------------------------------------------------------------
 
@@ -181,7 +168,7 @@ class PushNotifications(Module):
     def notify(self, bare: str, sender: str) -> Deferred:
         """Tell the app servers of ``bare`` that something waits for it (from ``sender``): the one entry
         point, also for hibernated sessions once stream management exists."""
-        return self._background(self._notify(bare, sender), "notification")
+        return self._work.run(self._notify(bare, sender), "notification")
 
     async def _notify(self, bare: str, sender: str) -> None:
         if self.store is None:
@@ -201,7 +188,7 @@ class PushNotifications(Module):
 
     def _due(self, key: tuple[str, str, str]) -> None:
         self._later.pop(key, None)
-        self._background(self._send(key), "notification")
+        self._work.run(self._send(key), "notification")
 
     async def _send(self, key: tuple[str, str, str]) -> None:
         assert self.store is not None
@@ -262,7 +249,7 @@ class PushNotifications(Module):
                     owner: JID = parse_jid(stanza.getAttribute("to") or "")
                 except InvalidJID:
                     return True
-                self._background(self._disable(owner.user or "", owner.host, app, token), "disable")
+                self._work.run(self._disable(owner.user or "", owner.host, app, token), "disable")
         return True
 
     async def _disable(self, user: str, domain: str, app: str, token: str) -> None:
