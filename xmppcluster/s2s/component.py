@@ -25,7 +25,7 @@ from xmppcluster.core import namespaces as ns
 from xmppcluster.core.events import CLUSTER_COMPONENT, CLUSTER_NODE_DOWN, CLUSTER_NODE_UP, ROUTE_REMOTE
 from xmppcluster.core.jid import JID
 from xmppcluster.core.serializer import serialize, start_tag, tag
-from xmppcluster.s2s.stream import ServerStream, domain_of, wire
+from xmppcluster.s2s.stream import ServerStream, domain_of, to_client_namespace, wire
 from xmppcluster.streams.core import stream_error
 
 if TYPE_CHECKING:
@@ -58,17 +58,6 @@ class ComponentSettings:
 def handshake_digest(stream_id: str, secret: str) -> str:
     """XEP-0114 §3: lowercase hex SHA-1 of the stream id followed by the secret."""
     return hashlib.sha1((stream_id + secret).encode("utf-8")).hexdigest()
-
-
-def to_client_namespace(element: domish.Element) -> None:
-    """Move a stanza received on a component stream into ``jabber:client``."""
-    if element.uri == ACCEPT:
-        element.uri = ns.CLIENT
-    if element.defaultUri == ACCEPT:
-        element.defaultUri = ns.CLIENT
-    for child in element.children:
-        if isinstance(child, domish.Element):
-            to_client_namespace(child)
 
 
 class ComponentStream(ServerStream):
@@ -154,7 +143,7 @@ class ComponentStream(ServerStream):
         if domain_of(frm) != self.domain:
             self.fail("invalid-from", f"this component is {self.domain}")
             return
-        to_client_namespace(stanza)
+        to_client_namespace(stanza, ACCEPT)
         self.server.router.route(stanza, None)
 
     def status(self) -> dict[str, Any]:

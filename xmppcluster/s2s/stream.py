@@ -58,15 +58,16 @@ def wire(element: domish.Element) -> bytes:
     return serialize(element, ns.CLIENT, _PREFIXES, _IN_SCOPE).encode("utf-8")
 
 
-def to_client_namespace(element: domish.Element) -> None:
-    """Move a stanza received on a server stream into ``jabber:client``, as the router and clients expect."""
-    if element.uri == SERVER:
+def to_client_namespace(element: domish.Element, stream_namespace: str = SERVER) -> None:
+    """Move a stanza received on a server (or component) stream from that stream's default namespace into
+    ``jabber:client``, as the router and clients expect."""
+    if element.uri == stream_namespace:
         element.uri = ns.CLIENT
-    if element.defaultUri == SERVER:
+    if element.defaultUri == stream_namespace:
         element.defaultUri = ns.CLIENT
     for child in element.children:
         if isinstance(child, domish.Element):
-            to_client_namespace(child)
+            to_client_namespace(child, stream_namespace)
 
 
 def domain_of(address: str | None) -> str | None:
